@@ -1,0 +1,1 @@
+"""Plan → C++ source → compiled, cached, loaded kernel modules."""

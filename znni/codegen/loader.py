@@ -1,0 +1,88 @@
+"""Loading compiled kernel modules with cffi (ABI mode: no Python headers, no extension build)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from pathlib import Path
+from typing import Any
+
+import cffi
+
+from ..errors import CompileError
+from . import cache as kernel_cache
+from .render import abi_cdef
+from .toolchain import GccToolchain
+
+log = logging.getLogger("znni")
+ABI_VERSION = 1
+
+
+@lru_cache(maxsize=1)
+def _ffi() -> cffi.FFI:
+    ffi = cffi.FFI()
+    ffi.cdef(abi_cdef())
+    return ffi
+
+
+@dataclass(frozen=True, eq=False)
+class KernelModule:
+    """A loaded generated module: the ABI functions of one kernel."""
+
+    path: Path
+    lib: Any
+
+    @property
+    def ffi(self) -> cffi.FFI:
+        return _ffi()
+
+    @property
+    def input_slack(self) -> int:
+        return int(self.lib.znni_input_slack())
+
+
+def _open(path: Path) -> KernelModule:
+    lib = _ffi().dlopen(str(path))
+    version = lib.znni_abi_version()
+    if version != ABI_VERSION:
+        raise OSError(f"ABI version {version}, expected {ABI_VERSION}")
+    return KernelModule(path, lib)
+
+
+@cache
+def _load_source(source: str, toolchain: GccToolchain, label: str) -> KernelModule:
+    start = time.perf_counter()
+    path = kernel_cache.build(source, toolchain, label)
+    try:
+        module = _open(path)
+    except OSError as exc:
+        # A cache entry that passes its checksum but will not load (e.g. written by another
+        # libc): treat as a miss, rebuild once.
+        log.warning("cached kernel %s failed to load (%s); rebuilding", path.name, exc)
+        path = kernel_cache.build(source, toolchain, label, force=True)
+        try:
+            module = _open(path)
+        except OSError as exc2:
+            raise CompileError(f"freshly compiled kernel {label} cannot be loaded: {exc2}",
+                               "check ZNNI_CXX/ZNNI_CXXFLAGS produce shared objects for this "
+                               "machine") from None
+    log.debug("loaded %s in %.1f ms", label, 1e3 * (time.perf_counter() - start))
+    return module
+
+
+def load_kernel(source: str, label: str, toolchain: GccToolchain | None = None) -> KernelModule:
+    """Compile (or fetch from the cache) and load ``source``; memoised per process."""
+    return _load_source(source, toolchain or default_toolchain(), label)
+
+
+@lru_cache(maxsize=1)
+def _default_toolchain_cached(cxx: str, flags: tuple[str, ...]) -> GccToolchain:
+    return GccToolchain(cxx, flags)
+
+
+def default_toolchain() -> GccToolchain:
+    """The toolchain from ZNNI_CXX / ZNNI_CXXFLAGS (re-read so tests can change them)."""
+    tc = GccToolchain.from_config()
+    return _default_toolchain_cached(tc.cxx, tc.opt_flags)

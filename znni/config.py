@@ -1,0 +1,112 @@
+"""Every knob of znni in one place: its environment variable, type, default and whether it
+changes generated binaries (only those enter kernel cache keys)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from .errors import ZnniError
+
+
+@dataclass(frozen=True)
+class Knob:
+    env: str
+    doc: str
+    affects_codegen: bool
+
+
+KNOBS = {
+    "cache_dir": Knob("ZNNI_CACHE_DIR", "kernel cache and tuning records", False),
+    "cxx": Knob("ZNNI_CXX", "C++ compiler executable (default g++)", True),
+    "cxxflags": Knob("ZNNI_CXXFLAGS", "replaces the default optimisation flags", True),
+    "threads": Knob("ZNNI_THREADS", "worker threads per kernel (default: usable cores)", False),
+}
+
+
+def cache_dir() -> Path:
+    """The private (0700) per-user directory holding compiled kernels."""
+    env = os.environ.get(KNOBS["cache_dir"].env)
+    if env:
+        path = Path(env).expanduser()
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        path = Path(base) / "znni"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def cxx() -> str:
+    return os.environ.get(KNOBS["cxx"].env, "g++")
+
+
+def cxxflags() -> list[str]:
+    """Optimisation flags; ``ZNNI_CXXFLAGS`` replaces them (e.g. for a portable build)."""
+    env = os.environ.get(KNOBS["cxxflags"].env)
+    if env is not None:
+        return shlex.split(env)
+    return ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno"]
+
+
+def default_threads() -> int:
+    """Threads per kernel: ``ZNNI_THREADS`` or the cores this process may run on.
+
+    Deliberately not OMP_NUM_THREADS: Dask sets it to 1 in workers, and znni passes an explicit
+    thread count to every kernel call instead of relying on the OpenMP environment.
+    """
+    env = os.environ.get(KNOBS["threads"].env)
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            value = 0
+        if value >= 1:
+            return value
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, psutil.cpu_count(logical=True) or 1)
+
+
+def available_memory() -> int:
+    """Bytes of RAM this process can use now: psutil's available, capped by a cgroup limit."""
+    avail = int(psutil.virtual_memory().available)
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit_text = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit_text.isdigit():
+            avail = min(avail, int(limit_text) - usage)
+        break
+    return max(0, avail)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
+          "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40,
+          "tb": 10**12, "tib": 1 << 40}
+
+
+def parse_bytes(value: int | str) -> int:
+    """Bytes from an int or a string such as ``"4GiB"``, ``"512MiB"``, ``"1.5G"``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        amount = value
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+        unit = match.group(2).lower() if match else ""
+        if not match or unit not in _UNITS:
+            raise ZnniError(f"cannot read memory size {value!r}",
+                            "write e.g. 4GiB, 512MiB or a number of bytes")
+        amount = int(float(match.group(1)) * _UNITS[unit])
+    if amount <= 0:
+        raise ZnniError(f"memory size must be positive, got {value!r}", "e.g. 4GiB")
+    return amount

@@ -1,0 +1,147 @@
+"""The plan: plain, frozen, JSON-serialisable data between the network and the generated code.
+
+A plan fixes the output patch, the batch, and per layer the primitive and its tensor shapes and
+memory. It can be saved, edited and re-run; loading re-validates it against the network (its
+digest, every shape recomputed), so a hand-edited plan cannot smuggle anything into codegen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import PlanError
+from ..primitives import PRIMITIVES
+from ..spec import Network, Shape5, Vec3
+
+PLAN_VERSION = 1
+#: Default primitive per layer kind until the planner (issue 4) chooses.
+DEFAULT_PRIMITIVE = {"conv": "direct", "pool": "mpf"}
+
+
+def network_digest(net: Network) -> str:
+    """SHA-256 of the canonical topology (names and descriptions excluded)."""
+    spec = net.to_dict()
+    topology = {"input_channels": spec["input_channels"], "layers": spec["layers"]}
+    return hashlib.sha256(json.dumps(topology, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    index: int
+    kind: str
+    primitive: str
+    input_shape: Shape5
+    output_shape: Shape5
+    resident_bytes: int
+    working_bytes: int
+    flops: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    network: str
+    network_digest: str
+    output_patch: Vec3
+    input_patch: Vec3
+    batch: int
+    layers: tuple[LayerPlan, ...]
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(layer.resident_bytes for layer in self.layers)
+
+    @property
+    def peak_bytes(self) -> int:
+        """Σ resident + max working: each layer frees its input once it has run."""
+        return self.resident_bytes + max(layer.working_bytes for layer in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["version"] = PLAN_VERSION
+        data["peak_bytes"] = self.peak_bytes
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], net: Network) -> Plan:
+        """Rebuild and re-validate a (possibly hand-edited) plan for ``net``."""
+        if not isinstance(data, Mapping) or data.get("version") != PLAN_VERSION:
+            raise PlanError("not a znni plan (missing or unknown 'version')",
+                            "create one with `znni plan` or znni.make_plan")
+        if data.get("network_digest") != network_digest(net):
+            raise PlanError(f"plan was made for another network than {net.name!r}",
+                            "re-plan for this network")
+        try:
+            patch = tuple(int(v) for v in data["output_patch"])
+            batch = int(data["batch"])
+            primitives = {int(layer["index"]): str(layer["primitive"]) for layer in data["layers"]}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"malformed plan: {exc!r}", "re-create it with `znni plan`") from None
+        if len(patch) != 3:
+            raise PlanError("plan output_patch must have 3 entries", "use [z, y, x]")
+        return make_plan(net, (patch[0], patch[1], patch[2]), batch, primitives)
+
+    @classmethod
+    def from_json(cls, text: str, net: Network) -> Plan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"plan is not valid JSON: {exc.msg} at line {exc.lineno}",
+                            "fix or re-create the plan file") from None
+        return cls.from_dict(data, net)
+
+
+def make_plan(net: Network, output_patch: Vec3, batch: int = 1,
+              primitives: Mapping[int, str] | None = None) -> Plan:
+    """The plan running ``net`` on ``output_patch`` with the given (or default) primitives."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise PlanError(f"batch must be a positive integer, got {batch!r}", "use batch=1")
+    chosen = dict(primitives or {})
+    unknown = set(chosen) - set(range(len(net.layers)))
+    if unknown:
+        raise PlanError(f"primitive given for layer(s) {sorted(unknown)} that do not exist",
+                        f"layers are 0..{len(net.layers) - 1}")
+    layers = []
+    for shapes in net.layer_shapes(output_patch, batch):
+        layer = shapes.layer
+        name = chosen.get(shapes.index, DEFAULT_PRIMITIVE[layer.kind])
+        primitive = PRIMITIVES.get(name)
+        if primitive is None or not primitive.supports(layer):
+            options = [p for p, prim in PRIMITIVES.items() if prim.supports(layer)]
+            raise PlanError(f"layer {shapes.index} ({layer.kind}): primitive {name!r} cannot run it",
+                            f"use one of {options}")
+        memory = primitive.memory(layer, shapes.input)
+        layers.append(LayerPlan(shapes.index, layer.kind, name, shapes.input, shapes.output,
+                                memory.resident, memory.working,
+                                primitive.flops(layer, shapes.input)))
+    return Plan(net.name, network_digest(net), net.check_patch(output_patch),
+                net.input_size(output_patch), batch, tuple(layers))
+
+
+def default_patch(net: Network, output_extent: Vec3, budget: int) -> Vec3:
+    """Largest output patch (multiple of the fragmentation) not larger than the volume needs and
+    whose plan fits ``budget`` bytes; shrinks the largest axis first.
+
+    A stand-in for the planner's search (issue 4): bigger patches waste less work on the FOV
+    border, so within memory, bigger is faster.
+    """
+    frag = net.fragmentation
+    patch = [-(-output_extent[a] // frag[a]) * frag[a] for a in range(3)]
+    while True:
+        peak = make_plan(net, (patch[0], patch[1], patch[2])).peak_bytes
+        if peak <= budget:
+            return (patch[0], patch[1], patch[2])
+        shrinkable = [a for a in range(3) if patch[a] > frag[a]]
+        if not shrinkable:
+            raise PlanError(
+                f"the smallest patch {frag} of network {net.name!r} needs {peak / 2**30:.2f} GiB, "
+                f"more than the budget of {budget / 2**30:.2f} GiB",
+                f"raise the memory budget to at least {peak / 2**30:.2f} GiB")
+        axis = max(shrinkable, key=lambda a: patch[a])
+        patch[axis] -= frag[axis]

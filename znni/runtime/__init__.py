@@ -1,0 +1,1 @@
+"""Running compiled plans: on one patch (executor) and over whole volumes (tiling)."""
