@@ -1,0 +1,107 @@
+"""The CLI as a user meets it: real subprocesses, exit codes, messages, files left intact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import znni
+from znni.reference import forward
+
+from .conftest import random_volume, relative_error
+
+
+def znni_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "znni", *args], capture_output=True,
+                          text=True, check=False, timeout=600)
+
+
+@pytest.fixture
+def tiny_files(tmp_path: Path) -> dict[str, Path]:
+    net = znni.load("tiny").random_weights(11)
+    weights = tmp_path / "w.npz"
+    net.save_weights(weights)
+    volume = tmp_path / "in.npy"
+    np.save(volume, random_volume((14, 15, 19), seed=2))
+    return {"weights": weights, "input": volume, "output": tmp_path / "out.npy"}
+
+
+def test_infer_matches_reference_and_second_run_compiles_nothing(tiny_files) -> None:
+    args = ["-v", "infer", "tiny", "--weights", str(tiny_files["weights"]),
+            "--input", str(tiny_files["input"]), "--output", str(tiny_files["output"]),
+            "--patch", "2,4,6"]
+    first = znni_cli(*args)
+    assert first.returncode == 0, first.stderr
+    net = znni.load("tiny", weights=tiny_files["weights"])
+    ref = forward(net, np.load(tiny_files["input"]))
+    assert relative_error(np.load(tiny_files["output"]), ref) < 1e-4
+    second = znni_cli(*args)
+    assert second.returncode == 0
+    assert "compiled" not in second.stderr  # every kernel came from the cache
+
+
+def test_random_weights_and_bundled_spec_path(tiny_files, tmp_path) -> None:
+    spec = tmp_path / "net.json"
+    spec.write_text(json.dumps(znni.load("tiny").to_dict()))
+    result = znni_cli("infer", str(spec), "--random-weights", "3", "--input",
+                      str(tiny_files["input"]), "--output", str(tiny_files["output"]))
+    assert result.returncode == 0, result.stderr
+    expected = znni.infer(znni.load("tiny").random_weights(3), np.load(tiny_files["input"]))
+    np.testing.assert_array_equal(np.load(tiny_files["output"]), expected)
+
+
+@pytest.mark.parametrize("case,words", [
+    ("missing_spec", ["not found"]),
+    ("bad_activation", ["layer 0", "activation"]),
+    ("both_weights", ["exactly one"]),
+    ("missing_input", ["not found"]),
+    ("small_volume", ["field of view"]),
+    ("bad_patch", ["patch"]),
+    ("bad_memory", ["memory"]),
+    ("wrong_weights", ["shape"]),
+    ("bad_output_dir", ["does not exist"]),
+])
+def test_bad_input_exits_nonzero_with_message_and_loses_nothing(case, words, tiny_files,
+                                                                 tmp_path) -> None:
+    out = tiny_files["output"]
+    out.write_bytes(b"precious")
+    base = ["infer", "tiny", "--weights", str(tiny_files["weights"]), "--input",
+            str(tiny_files["input"]), "--output", str(out)]
+    if case == "missing_spec":
+        base[1] = str(tmp_path / "nope.json")
+    elif case == "bad_activation":
+        spec = tmp_path / "bad.json"
+        spec.write_text(json.dumps({"input_channels": 1, "layers": [
+            {"type": "conv", "kernel": [3, 3, 3], "out_channels": 2, "activation": "swish"}]}))
+        base[1] = str(spec)
+    elif case == "both_weights":
+        base += ["--random-weights", "1"]
+    elif case == "missing_input":
+        base[5] = str(tmp_path / "nope.npy")
+    elif case == "small_volume":
+        np.save(tiny_files["input"], random_volume((5, 15, 19)))
+    elif case == "bad_patch":
+        base += ["--patch", "3,3,3"]
+    elif case == "bad_memory":
+        base += ["--memory", "lots"]
+    elif case == "wrong_weights":
+        other = znni.load("n337").random_weights(0)
+        other.save_weights(tiny_files["weights"])
+    elif case == "bad_output_dir":
+        base[7] = str(tmp_path / "no" / "such" / "out.npy")
+    result = znni_cli(*base)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert all(w in result.stderr for w in words), result.stderr
+    assert out.read_bytes() == b"precious"
+
+
+def test_demo_runs_and_reports_throughput() -> None:
+    result = znni_cli("demo", "--net", "tiny", "--size", "8")
+    assert result.returncode == 0, result.stderr
+    assert "voxels/s" in result.stdout

@@ -1,0 +1,136 @@
+"""End to end: znni.infer (tiling + generated kernels + MPF + recombination) equals the oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import znni
+from znni.errors import ShapeError
+from znni.reference import forward
+
+from .conftest import net_from_layers, random_volume, relative_error
+
+TOL = 1e-4
+
+
+def check(net: znni.Network, volume: np.ndarray, patch=None) -> np.ndarray:
+    out = znni.infer(net, volume, patch)
+    ref = forward(net, volume)
+    assert out.shape == ref.shape
+    assert relative_error(out, ref) < TOL
+    return out
+
+
+@pytest.mark.parametrize("name,extra", [("tiny", (5, 9, 12)), ("aniso2d3d", (4, 13, 6))])
+def test_bundled_small_nets(name: str, extra: tuple) -> None:
+    net = znni.load(name).random_weights(1)
+    fov = net.fov
+    check(net, random_volume(tuple(f + e for f, e in zip(fov, extra))))
+
+
+def test_n337_full_size() -> None:
+    net = znni.load("n337").random_weights(2)
+    check(net, random_volume((85 + 2, 85 + 10, 85 + 1), seed=3), patch=(8, 8, 8))
+
+
+def _thin(name: str, channels: int) -> znni.Network:
+    """A bundled topology with fewer maps, so the numpy oracle stays fast."""
+    spec = znni.load(name).to_dict()
+    for layer in spec["layers"][:-1]:
+        if layer["type"] == "conv":
+            layer["out_channels"] = channels
+    return znni.load(spec).random_weights(4)
+
+
+@pytest.mark.parametrize("name", ["n537", "n726", "n926"])
+def test_benchmark_topologies_with_few_maps(name: str) -> None:
+    net = _thin(name, 3)
+    fov = net.fov
+    check(net, random_volume((fov[0] + 3, fov[1], fov[2] + 1), seed=5))
+
+
+def test_volume_equal_to_fov_gives_one_voxel() -> None:
+    net = znni.load("tiny").random_weights(3)
+    out = check(net, random_volume(net.fov))
+    assert out.shape == (2, 1, 1, 1)
+
+
+@pytest.mark.parametrize("patch", [(2, 2, 2), (4, 2, 6), (6, 8, 4), (16, 16, 16)])
+def test_seams_are_invisible_for_any_patch(patch: tuple) -> None:
+    net = znni.load("tiny").random_weights(5)
+    vol = random_volume((20, 17, 23), seed=6)
+    check(net, vol, patch)
+
+
+def test_anisotropic_kernels_pools_many_channels_all_activations() -> None:
+    net = net_from_layers([
+        {"type": "conv", "kernel": [1, 3, 3], "out_channels": 5, "activation": "tanh"},
+        {"type": "pool", "window": [1, 2, 2]},
+        {"type": "conv", "kernel": [2, 3, 3], "out_channels": 6, "activation": "relu"},
+        {"type": "pool", "window": [2, 1, 2]},
+        {"type": "conv", "kernel": [1, 1, 1], "out_channels": 7, "activation": "sigmoid"},
+        {"type": "conv", "kernel": [3, 1, 2], "out_channels": 2, "activation": "linear"},
+    ], input_channels=3, seed=8)
+    fov = net.fov
+    check(net, random_volume((3, fov[0] + 4, fov[1] + 5, fov[2] + 3), seed=9), (2, 2, 4))
+
+
+def test_pool_first_and_pool_last() -> None:
+    net = net_from_layers([
+        {"type": "pool", "window": [2, 2, 2]},
+        {"type": "conv", "kernel": [2, 2, 2], "out_channels": 3, "activation": "relu"},
+        {"type": "pool", "window": [1, 1, 2]},
+    ], seed=10)
+    check(net, random_volume((9, 8, 11), seed=11))
+
+
+def test_uint8_is_scaled_to_unit_range() -> None:
+    net = znni.load("tiny").random_weights(3)
+    vol = np.random.default_rng(0).integers(0, 256, (12, 12, 12), dtype=np.uint8)
+    np.testing.assert_allclose(znni.infer(net, vol),
+                               znni.infer(net, vol.astype(np.float32) / 255), rtol=1e-6)
+
+
+@pytest.mark.parametrize("volume,match", [
+    (np.zeros((7, 12, 12), np.float32), "smaller than the field of view"),
+    (np.zeros((2, 12, 12, 12), np.float32), "channel"),
+    (np.zeros((12, 12), np.float32), "dimensions"),
+    (np.zeros((12, 12, 12), np.complex64), "dtype"),
+    (np.full((12, 12, 12), np.nan, np.float32), "NaN"),
+])
+def test_bad_volumes(volume: np.ndarray, match: str) -> None:
+    with pytest.raises(ShapeError, match=match):
+        znni.infer(znni.load("tiny").random_weights(0), volume)
+
+
+def test_bad_patch() -> None:
+    with pytest.raises(ShapeError, match="multiple"):
+        znni.infer(znni.load("tiny").random_weights(0), random_volume((12, 12, 12)), (3, 2, 2))
+
+
+conv = st.fixed_dictionaries({
+    "type": st.just("conv"),
+    "kernel": st.lists(st.integers(1, 3), min_size=3, max_size=3),
+    "out_channels": st.integers(1, 5),
+    "activation": st.sampled_from(["relu", "sigmoid", "tanh", "linear"]),
+})
+pool = st.fixed_dictionaries({"type": st.just("pool"),
+                              "window": st.lists(st.integers(1, 2), min_size=3, max_size=3)})
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layers=st.lists(st.one_of(conv, conv, pool), min_size=1, max_size=5),
+       channels=st.integers(1, 2), extra=st.lists(st.integers(0, 6), min_size=3, max_size=3),
+       seed=st.integers(0, 1000))
+def test_random_small_nets(layers: list, channels: int, extra: list, seed: int) -> None:
+    if not any(layer["type"] == "conv" for layer in layers):
+        layers = [*layers, {"type": "conv", "kernel": [1, 1, 1], "out_channels": 2,
+                            "activation": "linear"}]
+    net = net_from_layers(layers, input_channels=channels, seed=seed)
+    fov = net.fov
+    vol = random_volume((channels, *(f + e for f, e in zip(fov, extra))), seed=seed)
+    frag = net.fragmentation
+    check(net, vol, tuple(f * (1 + seed % 2) for f in frag))

@@ -1,0 +1,110 @@
+"""Each primitive alone against numpy: direct conv (generated C++) and MPF + recombination."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from znni.primitives import DirectConv, MaxPoolFragments
+from znni.primitives.base import padded_empty
+from znni.primitives.mpf import recombine
+from znni.reference import _dilated_correlation
+from znni.spec import Conv, Pool
+
+from .conftest import relative_error
+
+
+def run_direct(layer: Conv, x: np.ndarray, w: np.ndarray, b: np.ndarray, threads: int = 2):
+    step = DirectConv().prepare(0, layer, x.shape, (w, b), threads)
+    buf = padded_empty(x.shape, step.input_slack)
+    buf[...] = x
+    return step.run(buf, 0)
+
+
+@pytest.mark.parametrize("fi,fo,kernel,shape,act", [
+    (1, 1, (1, 1, 1), (1, 1, 1), "linear"),
+    (1, 7, (2, 2, 2), (5, 6, 7), "relu"),
+    (3, 13, (3, 3, 1), (4, 9, 5), "tanh"),
+    (5, 2, (1, 3, 3), (3, 7, 31), "sigmoid"),
+    (2, 33, (3, 1, 2), (9, 4, 40), "relu"),
+    (16, 17, (3, 3, 3), (7, 7, 7), "linear"),
+    (4, 3, (5, 4, 3), (5, 4, 3), "relu"),    # image == kernel: one output voxel
+])
+def test_direct_conv_matches_numpy(fi, fo, kernel, shape, act, rng) -> None:
+    layer = Conv(fi, fo, kernel, act)
+    batch = 3
+    x = rng.standard_normal((batch, fi, *shape)).astype(np.float32)
+    w = rng.standard_normal((fo, fi, *kernel)).astype(np.float32) / math.sqrt(fi * math.prod(kernel))
+    b = rng.standard_normal(fo).astype(np.float32)
+    out = run_direct(layer, x, w, b)
+    acts = {"relu": lambda v: np.maximum(v, 0), "tanh": np.tanh, "linear": lambda v: v,
+            "sigmoid": lambda v: 1 / (1 + np.exp(-v))}
+    ref = np.stack([acts[act](_dilated_correlation(x[s].astype(np.float64), w.astype(np.float64),
+                                                   [1, 1, 1]) + b[:, None, None, None])
+                    for s in range(batch)])
+    assert relative_error(out, ref) < 1e-5
+
+
+def test_direct_conv_single_thread_equals_multi_thread(rng) -> None:
+    layer = Conv(6, 10, (3, 3, 3), "relu")
+    x = rng.standard_normal((2, 6, 11, 12, 13)).astype(np.float32)
+    w = rng.standard_normal((10, 6, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(10).astype(np.float32)
+    np.testing.assert_array_equal(run_direct(layer, x, w, b, 1), run_direct(layer, x, w, b, 2))
+
+
+def mpf_numpy(x: np.ndarray, window: tuple[int, int, int]) -> np.ndarray:
+    """Fragments by definition: for each offset, strided max pooling starting there."""
+    s, c, *n = x.shape
+    p = window
+    m = [(n[a] + 1) // p[a] - 1 for a in range(3)]
+    frags = []
+    for si in range(s):
+        for oz in range(p[0]):
+            for oy in range(p[1]):
+                for ox in range(p[2]):
+                    v = x[si, :, oz:oz + m[0] * p[0], oy:oy + m[1] * p[1], ox:ox + m[2] * p[2]]
+                    v = v.reshape(c, m[0], p[0], m[1], p[1], m[2], p[2]).max(axis=(2, 4, 6))
+                    frags.append(v)
+    return np.stack(frags)
+
+
+@pytest.mark.parametrize("window,size", [((2, 2, 2), (7, 9, 11)), ((1, 2, 2), (4, 5, 7)),
+                                         ((3, 1, 2), (8, 3, 5)), ((1, 1, 1), (3, 4, 5)),
+                                         ((2, 3, 4), (5, 8, 11))])
+def test_mpf_matches_definition(window, size, rng) -> None:
+    x = rng.standard_normal((2, 3, *size)).astype(np.float32)
+    step = MaxPoolFragments().prepare(0, Pool(3, window), x.shape, None, 2)
+    np.testing.assert_array_equal(step.run(x, 0), mpf_numpy(x, window))
+
+
+def test_recombine_places_fragment_voxels_by_mixed_radix() -> None:
+    windows = [(2, 1, 3), (1, 2, 2)]
+    m = (2, 3, 1)
+    frag = [2 * 1, 1 * 2, 3 * 2]
+    n = 2 * 1 * 3 * 1 * 2 * 2
+    fragments = np.arange(n * 1 * math.prod(m), dtype=np.float32).reshape(n, 1, *m)
+    dense = recombine(fragments, windows, batch=1)[0, 0]
+    assert dense.shape == (m[0] * frag[0], m[1] * frag[1], m[2] * frag[2])
+    for item in range(n):
+        o1, o2 = divmod(item, 4)
+        o1z, o1y, o1x = o1 // 3, 0, o1 % 3
+        o2z, o2y, o2x = 0, o2 // 2, o2 % 2
+        for mz in range(m[0]):
+            for my in range(m[1]):
+                z = o1z + 2 * o2z + frag[0] * mz
+                y = o1y + 1 * o2y + frag[1] * my
+                x = o1x + 3 * o2x
+                assert dense[z, y, x] == fragments[item, 0, mz, my, 0]
+
+
+def test_memory_and_flops_formulas() -> None:
+    layer = Conv(4, 8, (3, 3, 3), "relu")
+    shape = (2, 4, 10, 10, 10)
+    assert DirectConv().flops(layer, shape) == 2 * 2 * 8 * 8 ** 3 * 4 * 27
+    mem = DirectConv().memory(layer, shape)
+    assert mem.working == 4 * (2 * 4 * 1000 + 2 * 8 * 512)
+    pool = MaxPoolFragments().memory(Pool(4, (2, 2, 2)), (1, 4, 9, 9, 9))
+    assert pool.working == 4 * (4 * 729 + 8 * 4 * 64)

@@ -1,0 +1,51 @@
+"""Tiles cover the output exactly once (up to the shifted-back last patch), and plans
+round-trip through JSON and are re-validated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import znni
+from znni.errors import PlanError
+from znni.planner import Plan, default_patch, make_plan
+from znni.runtime.tiling import tiles
+
+
+@given(extent=st.tuples(*[st.integers(1, 40)] * 3), patch=st.tuples(*[st.integers(1, 16)] * 3))
+def test_tiles_cover_every_output_voxel(extent, patch) -> None:
+    covered = np.zeros(extent, int)
+    for tile in tiles(extent, patch):
+        for a in range(3):
+            assert 0 <= tile.start[a] and tile.start[a] + tile.size[a] <= extent[a]
+            assert tile.size[a] == min(patch[a], extent[a])
+        covered[tuple(slice(s, s + n) for s, n in zip(tile.start, tile.size))] += 1
+    assert covered.min() >= 1
+
+
+def test_plan_json_round_trip_and_revalidation() -> None:
+    net = znni.load("n337")
+    plan = make_plan(net, (16, 8, 24))
+    assert Plan.from_json(plan.to_json(), net) == plan
+    edited = plan.to_dict()
+    edited["output_patch"] = [12, 8, 8]
+    with pytest.raises(znni.ZnniError, match="multiple"):
+        Plan.from_dict(edited, net)
+    edited = plan.to_dict()
+    edited["layers"][0]["primitive"] = "mpf"
+    with pytest.raises(PlanError, match="cannot run"):
+        Plan.from_dict(edited, net)
+    with pytest.raises(PlanError, match="another network"):
+        Plan.from_dict(plan.to_dict(), znni.load("n537"))
+
+
+def test_default_patch_respects_budget_and_says_what_is_needed() -> None:
+    net = znni.load("n337")
+    roomy = default_patch(net, (200, 200, 200), 2 << 30)
+    assert make_plan(net, roomy).peak_bytes <= 2 << 30
+    tight = default_patch(net, (200, 200, 200), 1 << 30)
+    assert make_plan(net, tight).peak_bytes <= make_plan(net, roomy).peak_bytes
+    with pytest.raises(PlanError, match="raise the memory budget"):
+        default_patch(net, (200, 200, 200), 1 << 20)

@@ -1,0 +1,5 @@
+"""``python -m znni`` is the ``znni`` command."""
+
+from .cli import main
+
+main()
