@@ -11,7 +11,7 @@ import pytest
 # Set before znni is imported anywhere: tests never touch the user's kernel cache.
 os.environ.setdefault("ZNNI_CACHE_DIR", tempfile.mkdtemp(prefix="znni-test-cache-"))
 
-import znni  # noqa: E402
+import znni
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import cffi
+import numpy as np
 
 from ..errors import CompileError
 from . import cache as kernel_cache
@@ -41,6 +42,24 @@ class KernelModule:
     @property
     def input_slack(self) -> int:
         return int(self.lib.znni_input_slack())
+
+    def forward(self, x: np.ndarray, out: np.ndarray, threads: int,
+                weights: np.ndarray | None = None, bias: np.ndarray | None = None) -> None:
+        """``znni_layer_forward`` on C-contiguous float32 arrays (batch = ``x.shape[0]``)."""
+        ffi = _ffi()
+
+        def ptr(a: np.ndarray | None, ctype: str) -> Any:
+            if a is None:
+                return ffi.NULL
+            if a.dtype != np.float32 or not a.flags.c_contiguous:
+                raise ValueError("kernel arguments must be C-contiguous float32")
+            return ffi.cast(ctype, ffi.from_buffer(a))
+
+        rc = self.lib.znni_layer_forward(ptr(x, "const float *"), ptr(out, "float *"),
+                                         ptr(weights, "const float *"), ptr(bias, "const float *"),
+                                         x.shape[0], threads)
+        if rc != 0:  # pragma: no cover - no kernel has a failure path today
+            raise RuntimeError(f"kernel {self.path.name} returned {rc}")
 
 
 def _open(path: Path) -> KernelModule:

@@ -100,19 +100,11 @@ class DirectStep:
         self.input_slack = module.input_slack
 
     def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
-        if x.shape[1:] != self.shape_in[1:] or x.dtype != np.float32 or not x.flags.c_contiguous:
+        if x.shape[1:] != self.shape_in[1:]:
             raise ValueError(f"direct conv compiled for {self.shape_in[1:]}, got {x.shape[1:]}")
         out = padded_empty(conv_output_shape(self.layer, (x.shape[0], *self.shape_in[1:])),
                            out_slack)
-        ffi, lib = self.module.ffi, self.module.lib
-        rc = lib.znni_layer_forward(
-            ffi.cast("const float *", ffi.from_buffer(x)),
-            ffi.cast("float *", ffi.from_buffer(out)),
-            ffi.cast("const float *", ffi.from_buffer(self.weights)),
-            ffi.cast("const float *", ffi.from_buffer(self.bias)),
-            x.shape[0], self.threads)
-        if rc != 0:  # pragma: no cover - the kernel has no failure path today
-            raise RuntimeError(f"direct conv kernel returned {rc}")
+        self.module.forward(x, out, self.threads, self.weights, self.bias)
         return out
 
 

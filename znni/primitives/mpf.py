@@ -44,13 +44,10 @@ class MpfStep:
         self.threads = threads
 
     def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
-        if x.shape[1:] != self.shape_in[1:] or not x.flags.c_contiguous:
+        if x.shape[1:] != self.shape_in[1:]:
             raise ValueError(f"MPF compiled for {self.shape_in[1:]}, got {x.shape[1:]}")
         out = padded_empty(mpf_output_shape(self.layer, x.shape), out_slack)  # type: ignore[arg-type]
-        ffi = self.module.ffi
-        self.module.lib.znni_layer_forward(
-            ffi.cast("const float *", ffi.from_buffer(x)), ffi.cast("float *", ffi.from_buffer(out)),
-            ffi.NULL, ffi.NULL, x.shape[0], self.threads)
+        self.module.forward(x, out, self.threads)
         return out
 
 
