@@ -7,6 +7,11 @@ import tempfile
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# No timing assertions in tests: the machine is shared and noisy, so no hypothesis deadline.
+settings.register_profile("znni", deadline=None)
+settings.load_profile("znni")
 
 # Set before znni is imported anywhere: tests never touch the user's kernel cache.
 os.environ.setdefault("ZNNI_CACHE_DIR", tempfile.mkdtemp(prefix="znni-test-cache-"))
