@@ -26,7 +26,19 @@ KNOBS = {
     "cxx": Knob("ZNNI_CXX", "C++ compiler executable (default g++)", True),
     "cxxflags": Knob("ZNNI_CXXFLAGS", "replaces the default optimisation flags", True),
     "threads": Knob("ZNNI_THREADS", "worker threads per kernel (default: usable cores)", False),
+    "fftw_effort": Knob("ZNNI_FFTW_EFFORT", "FFTW planner effort: FFTW_ESTIMATE, FFTW_MEASURE "
+                        "(default) or FFTW_PATIENT; plans are remembered as wisdom", False),
 }
+
+FFTW_EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")
+
+
+def fftw_effort() -> str:
+    value = os.environ.get(KNOBS["fftw_effort"].env, "FFTW_MEASURE")
+    if value not in FFTW_EFFORTS:
+        raise ZnniError(f"ZNNI_FFTW_EFFORT={value!r} is not an FFTW planner effort",
+                        f"use one of {', '.join(FFTW_EFFORTS)}")
+    return value
 
 
 def cache_dir() -> Path:

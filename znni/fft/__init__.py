@@ -1,0 +1,6 @@
+"""FFT building blocks on FFTW (through pyfftw): friendly sizes, pruned 3D transforms, wisdom."""
+
+from .pruned import SpectralShape, forward, forward_unpruned, inverse_cropped
+from .sizes import fft_size
+
+__all__ = ["SpectralShape", "fft_size", "forward", "forward_unpruned", "inverse_cropped"]
