@@ -1,6 +1,7 @@
 """End-to-end dense throughput of znni on a bundled net (output voxels/s, median of runs).
 
     python bench/end_to_end.py [--net n337] [--patch 64] [--threads 2] [--repeats 3]
+                               [--primitive auto|direct|fft|fft-pruned|...]
 
 Runs one output patch (volume = patch + FOV − 1, synthetic EM) with kernels already compiled,
 and prints the per-layer time split of the last run.
@@ -24,9 +25,11 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=znni.config.default_threads())
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--primitive", default="auto",
+                        help="auto, direct, fft, fft-pruned, fft-data or fft-pruned-data")
     args = parser.parse_args()
     net = znni.load(args.net).random_weights(0)
-    plan = znni.make_plan(net, (args.patch,) * 3)
+    plan = znni.make_plan(net, (args.patch,) * 3, 1, args.primitive)
     compiled = CompiledPlan(plan, net, args.threads)
     x = compiled.new_input()
     x[0] = em_like_volume(plan.input_patch) / 255.0

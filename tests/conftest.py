@@ -23,7 +23,8 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     """max |actual − expected| / max |expected| (the acceptance metric)."""
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     scale = float(np.abs(expected).max()) or 1.0
-    return float(np.abs(actual.astype(np.float64) - expected).max()) / scale
+    wide = np.complex128 if np.iscomplexobj(actual) else np.float64
+    return float(np.abs(actual.astype(wide) - expected).max()) / scale
 
 
 @pytest.fixture

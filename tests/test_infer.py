@@ -134,3 +134,34 @@ def test_random_small_nets(layers: list, channels: int, extra: list, seed: int) 
     vol = random_volume((channels, *(f + e for f, e in zip(fov, extra))), seed=seed)
     frag = net.fragmentation
     check(net, vol, tuple(f * (1 + seed % 2) for f in frag))
+
+
+@pytest.mark.parametrize("primitive", ["direct", "fft", "fft-pruned", "fft-data",
+                                       "fft-pruned-data", "auto"])
+def test_every_primitive_end_to_end(primitive: str) -> None:
+    net = net_from_layers([
+        {"type": "conv", "kernel": [1, 3, 3], "out_channels": 4, "activation": "relu"},
+        {"type": "pool", "window": [1, 2, 2]},
+        {"type": "conv", "kernel": [2, 3, 3], "out_channels": 5, "activation": "tanh"},
+        {"type": "pool", "window": [2, 2, 1]},
+        {"type": "conv", "kernel": [1, 1, 1], "out_channels": 2, "activation": "sigmoid"},
+    ], input_channels=2, seed=12)
+    fov = net.fov
+    vol = random_volume((2, fov[0] + 5, fov[1] + 3, fov[2] + 7), seed=13)
+    out = znni.infer(net, vol, (2, 4, 2), primitives=primitive)
+    assert relative_error(out, forward(net, vol)) < TOL
+
+
+def test_fft_on_a_benchmark_topology_with_mixed_primitives() -> None:
+    net = _thin("n726", 4)
+    fov = net.fov
+    vol = random_volume((fov[0] + 2, fov[1] + 1, fov[2] + 3), seed=14)
+    mixed = {0: "fft-pruned-data", 2: "fft", 4: "direct", 5: "fft-pruned"}
+    out = znni.infer(net, vol, (4, 4, 4), primitives=mixed)
+    assert relative_error(out, forward(net, vol)) < TOL
+
+
+def test_unknown_primitive_is_a_clear_error() -> None:
+    with pytest.raises(znni.ZnniError, match="cannot run"):
+        znni.infer(znni.load("tiny").random_weights(0), random_volume((12, 12, 12)),
+                   primitives="winograd")

@@ -108,3 +108,53 @@ def test_memory_and_flops_formulas() -> None:
     assert mem.working == 4 * (2 * 4 * 1000 + 2 * 8 * 512)
     pool = MaxPoolFragments().memory(Pool(4, (2, 2, 2)), (1, 4, 9, 9, 9))
     assert pool.working == 4 * (4 * 729 + 8 * 4 * 64)
+
+
+FFT_PRIMITIVES = ["fft", "fft-pruned", "fft-data", "fft-pruned-data"]
+
+
+@pytest.mark.parametrize("name", FFT_PRIMITIVES)
+@pytest.mark.parametrize("fi,fo,kernel,shape,act,batch", [
+    (3, 5, (3, 3, 1), (7, 9, 11), "tanh", 2),
+    (2, 7, (5, 5, 5), (12, 13, 9), "relu", 3),
+    (1, 4, (1, 1, 1), (4, 5, 6), "sigmoid", 1),
+    (6, 9, (2, 3, 4), (13, 11, 17), "linear", 2),   # 13, 11, 17: padded to 14, 12, 18
+    (4, 3, (4, 4, 4), (4, 4, 4), "relu", 5),        # image == kernel: one output voxel
+])
+def test_fft_conv_matches_numpy(name, fi, fo, kernel, shape, act, batch, rng) -> None:
+    from znni.primitives import PRIMITIVES
+
+    layer = Conv(fi, fo, kernel, act)
+    x = rng.standard_normal((batch, fi, *shape)).astype(np.float32)
+    w = rng.standard_normal((fo, fi, *kernel)).astype(np.float32) / math.sqrt(fi * math.prod(kernel))
+    b = rng.standard_normal(fo).astype(np.float32)
+    out = PRIMITIVES[name].prepare(0, layer, x.shape, (w, b), 2).run(x, 0)
+    acts = {"relu": lambda v: np.maximum(v, 0), "tanh": np.tanh, "linear": lambda v: v,
+            "sigmoid": lambda v: 1 / (1 + np.exp(-v))}
+    ref = np.stack([acts[act](_dilated_correlation(x[s].astype(np.float64), w.astype(np.float64),
+                                                   [1, 1, 1]) + b[:, None, None, None])
+                    for s in range(batch)])
+    assert relative_error(out, ref) < 1e-4
+
+
+def test_pruned_transforms_match_numpy(rng) -> None:
+    from znni.fft import SpectralShape, forward, forward_unpruned, inverse_cropped
+
+    for extent, size in [((3, 2, 5), (8, 10, 12)), ((7, 9, 11), (7, 9, 12)), ((1, 1, 1), (4, 5, 6)),
+                         ((16, 16, 16), (16, 16, 16))]:
+        x = rng.random((3, *extent)).astype(np.float32)
+        shape = SpectralShape(size)
+        ref = np.fft.rfftn(x.astype(np.float64), s=size, axes=(1, 2, 3))
+        for transform in (forward, forward_unpruned):
+            assert relative_error(transform(x, shape, 2), ref) < 1e-5
+        full = np.fft.irfftn(ref, s=size, axes=(1, 2, 3)) * np.prod(size)
+        start, stop = (1, 0, min(2, size[2] - 1)), (size[0], size[1] - 1, size[2])
+        got = inverse_cropped(forward(x, shape, 2), shape, start, stop, 2)
+        want = full[:, start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]]
+        assert relative_error(got, want) < 1e-5
+
+
+def test_fft_friendly_sizes() -> None:
+    from znni.fft import fft_size
+
+    assert [fft_size(n) for n in (1, 11, 13, 17, 71, 97, 127)] == [1, 12, 14, 18, 72, 98, 128]

@@ -107,6 +107,11 @@ _common: list[Callable[[Any], Any]] = [
                  "network's fragmentation); default: the largest that fits."),
     click.option("--memory", default=None, help="Memory budget for the default patch, e.g. 4GiB."),
     click.option("--threads", type=int, default=None, help="Threads (default: usable cores)."),
+    click.option("--primitive", default="auto", show_default=True,
+                 type=click.Choice(["auto", "direct", "fft", "fft-pruned", "fft-data",
+                                    "fft-pruned-data"]),
+                 help="Convolution primitive for every conv layer; auto: pruned FFT for kernels "
+                 "≥ 27 taps on images ≥ 32³, direct otherwise."),
 ]
 
 
@@ -123,8 +128,8 @@ def _with_common(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--output", "output_path", required=True, help="Output volume (.npy).")
 @click.option("--plan", "plan_path", default=None, help="Run a saved plan (JSON).")
 def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
-          memory: str | None, threads: int | None, input_path: str, output_path: str,
-          plan_path: str | None) -> None:
+          memory: str | None, threads: int | None, primitive: str, input_path: str,
+          output_path: str, plan_path: str | None) -> None:
     """Dense inference of network SPEC (a JSON file or a bundled name) on a volume."""
 
     def run() -> None:
@@ -138,7 +143,8 @@ def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
                 raise ZnniError(f"cannot read plan {plan_path!r}: {exc}",
                                 "check the --plan path") from None
         out, stats = infer_with_stats(
-            net, volume, _parse_patch(patch), plan=plan, threads=_threads(threads),
+            net, volume, _parse_patch(patch), plan=plan, primitives=primitive,
+            threads=_threads(threads),
             memory=None if memory is None else config.parse_bytes(memory))
         _write_atomic(output_path, out)
         click.echo(f"wrote {output_path} {list(out.shape)}: {stats.output_voxels} voxels in "

@@ -44,8 +44,9 @@ class KernelModule:
         return int(self.lib.znni_input_slack())
 
     def forward(self, x: np.ndarray, out: np.ndarray, threads: int,
-                weights: np.ndarray | None = None, bias: np.ndarray | None = None) -> None:
-        """``znni_layer_forward`` on C-contiguous float32 arrays (batch = ``x.shape[0]``)."""
+                weights: np.ndarray | None = None, bias: np.ndarray | None = None,
+                batch: int | None = None) -> None:
+        """``znni_layer_forward`` on C-contiguous float32 arrays (batch: ``x.shape[0]``)."""
         ffi = _ffi()
 
         def ptr(a: np.ndarray | None, ctype: str) -> Any:
@@ -57,7 +58,7 @@ class KernelModule:
 
         rc = self.lib.znni_layer_forward(ptr(x, "const float *"), ptr(out, "float *"),
                                          ptr(weights, "const float *"), ptr(bias, "const float *"),
-                                         x.shape[0], threads)
+                                         x.shape[0] if batch is None else batch, threads)
         if rc != 0:  # pragma: no cover - no kernel has a failure path today
             raise RuntimeError(f"kernel {self.path.name} returned {rc}")
 

@@ -8,6 +8,7 @@ digest, every shape recomputed), so a hand-edited plan cannot smuggle anything i
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -15,11 +16,37 @@ from typing import Any
 
 from ..errors import PlanError
 from ..primitives import PRIMITIVES
-from ..spec import Network, Shape5, Vec3
+from ..spec import Layer, Network, Pool, Shape5, Vec3
 
 PLAN_VERSION = 1
-#: Default primitive per layer kind until the planner (issue 4) chooses.
-DEFAULT_PRIMITIVE = {"conv": "direct", "pool": "mpf"}
+AUTO = "auto"
+#: The ``auto`` rule, until the planner's search (issue 4) replaces it: FFT for kernels of at
+#: least AUTO_FFT_MIN_TAPS taps on images of at least AUTO_FFT_MIN_VOXELS voxels.
+AUTO_FFT_MIN_TAPS = 27
+AUTO_FFT_MIN_VOXELS = 32 ** 3
+
+PrimitiveChoice = str | Mapping[int, str] | None
+
+
+def auto_primitive(layer: Layer, shape_in: Shape5) -> str:
+    """Direct for small kernels or images; pruned FFT otherwise — data-parallel where there is
+    a single input image (first layer: little to gain from many concurrent transforms, and only
+    a few output spectra at a time keeps its big images affordable)."""
+    if isinstance(layer, Pool):
+        return "mpf"
+    if math.prod(layer.kernel) < AUTO_FFT_MIN_TAPS or math.prod(shape_in[2:]) < AUTO_FFT_MIN_VOXELS:
+        return "direct"
+    return "fft-pruned-data" if shape_in[0] * shape_in[1] == 1 else "fft-pruned"
+
+
+def _requested(choice: PrimitiveChoice, index: int, layer: Layer) -> str:
+    """The primitive asked for layer ``index``: a name for every conv layer, a per-layer
+    mapping (absent layers: auto), or None (auto). Pool layers take MPF unless mapped."""
+    if isinstance(choice, Mapping):
+        return choice.get(index, AUTO)
+    if choice is None or isinstance(layer, Pool):
+        return AUTO
+    return choice
 
 
 def network_digest(net: Network) -> str:
@@ -98,19 +125,22 @@ class Plan:
 
 
 def make_plan(net: Network, output_patch: Vec3, batch: int = 1,
-              primitives: Mapping[int, str] | None = None) -> Plan:
-    """The plan running ``net`` on ``output_patch`` with the given (or default) primitives."""
+              primitives: PrimitiveChoice = None) -> Plan:
+    """The plan running ``net`` on ``output_patch``: ``primitives`` is ``"auto"``/None, one
+    primitive name for every conv layer (e.g. ``"direct"``), or a per-layer mapping."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise PlanError(f"batch must be a positive integer, got {batch!r}", "use batch=1")
-    chosen = dict(primitives or {})
-    unknown = set(chosen) - set(range(len(net.layers)))
+    unknown = (set(primitives) if isinstance(primitives, Mapping) else set()) - set(
+        range(len(net.layers)))
     if unknown:
         raise PlanError(f"primitive given for layer(s) {sorted(unknown)} that do not exist",
                         f"layers are 0..{len(net.layers) - 1}")
     layers = []
     for shapes in net.layer_shapes(output_patch, batch):
         layer = shapes.layer
-        name = chosen.get(shapes.index, DEFAULT_PRIMITIVE[layer.kind])
+        name = _requested(primitives, shapes.index, layer)
+        if name == AUTO:
+            name = auto_primitive(layer, shapes.input)
         primitive = PRIMITIVES.get(name)
         if primitive is None or not primitive.supports(layer):
             options = [p for p, prim in PRIMITIVES.items() if prim.supports(layer)]
@@ -124,7 +154,8 @@ def make_plan(net: Network, output_patch: Vec3, batch: int = 1,
                 net.input_size(output_patch), batch, tuple(layers))
 
 
-def default_patch(net: Network, output_extent: Vec3, budget: int) -> Vec3:
+def default_patch(net: Network, output_extent: Vec3, budget: int,
+                  primitives: PrimitiveChoice = None) -> Vec3:
     """Largest output patch (multiple of the fragmentation) not larger than the volume needs and
     whose plan fits ``budget`` bytes; shrinks the largest axis first.
 
@@ -134,7 +165,7 @@ def default_patch(net: Network, output_extent: Vec3, budget: int) -> Vec3:
     frag = net.fragmentation
     patch = [-(-output_extent[a] // frag[a]) * frag[a] for a in range(3)]
     while True:
-        peak = make_plan(net, (patch[0], patch[1], patch[2])).peak_bytes
+        peak = make_plan(net, (patch[0], patch[1], patch[2]), 1, primitives).peak_bytes
         if peak <= budget:
             return (patch[0], patch[1], patch[2])
         shrinkable = [a for a in range(3) if patch[a] > frag[a]]

@@ -3,8 +3,12 @@ prepare (render, compile, pack weights) a runnable step for one layer shape."""
 
 from .base import Memory, Primitive, Step
 from .direct import DirectConv
+from .fft import FftConv
 from .mpf import MaxPoolFragments
 
-PRIMITIVES: dict[str, Primitive] = {p.name: p for p in (DirectConv(), MaxPoolFragments())}
+PRIMITIVES: dict[str, Primitive] = {p.name: p for p in (
+    DirectConv(), MaxPoolFragments(),
+    FftConv(pruned=True, task_parallel=True), FftConv(pruned=False, task_parallel=True),
+    FftConv(pruned=True, task_parallel=False), FftConv(pruned=False, task_parallel=False))}
 
 __all__ = ["PRIMITIVES", "DirectConv", "MaxPoolFragments", "Memory", "Primitive", "Step"]

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import config
 from ..errors import PlanError
-from ..planner.plan import Plan, default_patch, make_plan
+from ..planner.plan import Plan, PrimitiveChoice, default_patch, make_plan
 from ..spec import Network, Vec3
 from .executor import CompiledPlan
 from .tiling import tiles
@@ -41,31 +41,34 @@ def output_extent(net: Network, volume_shape: tuple[int, ...]) -> Vec3:
 
 
 def plan_for_volume(net: Network, extent: Vec3, patch: Vec3 | None,
-                    memory: int | None, primitives: dict[int, str] | None = None) -> Plan:
+                    memory: int | None, primitives: PrimitiveChoice = None) -> Plan:
     if patch is None:
         budget = memory if memory is not None else int(config.available_memory()
                                                        * DEFAULT_BUDGET_FRACTION)
-        patch = default_patch(net, extent, budget)
+        patch = default_patch(net, extent, budget, primitives)
     return make_plan(net, patch, 1, primitives)
 
 
 def infer(net: Network, volume: np.ndarray, patch: Vec3 | None = None, *,
-          plan: Plan | None = None, threads: int | None = None, memory: int | None = None,
+          plan: Plan | None = None, primitives: PrimitiveChoice = None,
+          threads: int | None = None, memory: int | None = None,
           progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Dense output ``(C_out, Z−FOVz+1, Y−FOVy+1, X−FOVx+1)`` of ``net`` on ``volume``.
 
     ``volume`` is ``(Z, Y, X)`` or ``(C, Z, Y, X)``; float32 is used as is, uint8/uint16 scaled
     to [0, 1]. ``patch`` is the dense output patch per axis (multiples of the fragmentation);
     by default the largest one the volume needs that fits ``memory`` bytes (default: half the
-    available RAM). A saved ``plan`` fixes patch and primitives instead.
+    available RAM). ``primitives``: ``"auto"`` (default), one name for every conv layer
+    (``"direct"``, ``"fft"``, ``"fft-pruned"``, ``"fft-data"``, ``"fft-pruned-data"``) or a
+    ``{layer index: name}`` mapping. A saved ``plan`` fixes patch and primitives instead.
     """
-    return infer_with_stats(net, volume, patch, plan=plan, threads=threads, memory=memory,
-                            progress=progress)[0]
+    return infer_with_stats(net, volume, patch, plan=plan, primitives=primitives,
+                            threads=threads, memory=memory, progress=progress)[0]
 
 
 def infer_with_stats(net: Network, volume: np.ndarray, patch: Vec3 | None = None, *,
-                     plan: Plan | None = None, threads: int | None = None,
-                     memory: int | None = None,
+                     plan: Plan | None = None, primitives: PrimitiveChoice = None,
+                     threads: int | None = None, memory: int | None = None,
                      progress: Callable[[int, int], None] | None = None,
                      ) -> tuple[np.ndarray, InferStats]:
     net.require_weights()
@@ -73,7 +76,7 @@ def infer_with_stats(net: Network, volume: np.ndarray, patch: Vec3 | None = None
     extent = output_extent(net, vol.shape)
     if plan is None:
         plan = plan_for_volume(net, extent, None if patch is None else net.check_patch(patch),
-                               memory)
+                               memory, primitives)
     elif plan.batch != 1:
         raise PlanError("in-memory inference runs plans with batch 1", "re-plan with batch=1")
     compiled = CompiledPlan(plan, net, threads or config.default_threads())
