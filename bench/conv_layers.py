@@ -86,7 +86,7 @@ def main() -> None:
     for label, layer, shape in cases:
         t_direct, t_fft, peak, formula = compare(layer, shape, args.fft, args.threads,
                                                  args.repeats, args.direct_batch)
-        print(f"{label:>9} {str(shape[:3]):>18} {layer.kernel[0]:>3} {t_direct:9.2f} "
+        print(f"{label:>9} {shape[:3]!s:>18} {layer.kernel[0]:>3} {t_direct:9.2f} "
               f"{t_fft:8.2f} {t_direct / t_fft:7.1f}x {peak / 2**30:8.2f} {formula / 2**30:8.2f}"
               f" {100 * (formula - peak) / peak:5.0f}%", flush=True)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import numpy as np
 import pyfftw
@@ -42,8 +43,8 @@ def main() -> None:
                                flags=(config.fftw_effort(),))
             padded[:, :k, :k, :k] = x
             runs = {
-                "pruned": lambda: forward(x, shape, args.threads, out=out),
-                "3-pass": lambda: forward_unpruned(x, shape, args.threads, out=out),
+                "pruned": partial(forward, x, shape, args.threads, out=out),
+                "3-pass": partial(forward_unpruned, x, shape, args.threads, out=out),
                 "fftw-3d": full.execute,
             }
             times: dict[str, list[float]] = {name: [] for name in runs}

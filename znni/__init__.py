@@ -6,6 +6,13 @@ kernels → :func:`infer`. :mod:`znni.reference` is the slow numpy oracle.
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# Kernels' OpenMP threads must not spin between calls: on 2 cores libgomp's default busy-wait
+# after each parallel region starved FFTW's own threads in FFT convolution (2–5× slower, measured
+# in bench/fft_pruned.py). Must be set before libgomp loads with the first kernel.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .errors import ZnniError
 from .planner import Plan, make_plan
 from .runtime.infer import infer

@@ -122,10 +122,26 @@ def _gemm_worthy(extent: int, n: int) -> bool:
 
 
 @cache
-def _dft_matrix(n: int, extent: int) -> np.ndarray:
-    """(n × extent) forward DFT matrix: the first ``extent`` columns of the n-point DFT."""
+def _dft_table(n: int, extent: int) -> np.ndarray:
+    """Re and Im of the first ``extent`` columns of the n-point DFT matrix, ``(2, n, extent)``."""
     m = np.arange(n)[:, None] * np.arange(extent)[None, :]
-    return np.exp(-2j * np.pi * (m % n) / n).astype(np.complex64)
+    angle = -2 * np.pi * (m % n) / n
+    return np.ascontiguousarray(np.stack([np.cos(angle), np.sin(angle)]).astype(np.float32))
+
+
+def _pruned_dft(x: np.ndarray, n: int, out: np.ndarray, threads: int) -> None:
+    """``out[b, m, c] = Σ_t DFT_n[m, t] · x[b, t, c]`` for complex ``x`` ``(B, A, M)`` by a
+    generated kernel (numpy's matmul here ran its own BLAS thread pool, which fought FFTW's and
+    OpenMP's threads on 2 cores: 2–5× slower in the same pipeline)."""
+    from ..codegen.loader import default_toolchain, load_kernel
+    from ..codegen.render import render
+
+    _, a, m = x.shape
+    toolchain = default_toolchain()
+    source = render("pruned_dft.cpp.j2", {"n": n, "a": a, "m": m,
+                                          "vector_width": toolchain.vector_width})
+    module = load_kernel(source, f"pruned DFT {a}->{n} x {m}", toolchain)
+    module.forward(x.view(np.float32), out.view(np.float32), threads, _dft_table(n, a))
 
 
 def forward(x: np.ndarray, shape: SpectralShape, threads: int,
@@ -144,9 +160,11 @@ def forward(x: np.ndarray, shape: SpectralShape, threads: int,
         rows[..., :c] = x  # filled after planning: a measuring planner scribbles on its arrays
         rows[..., c:] = 0
         x_pass.execute()
-        planes = np.matmul(_dft_matrix(n1, b), line)                       # (B, a, N1, half)
-        np.matmul(_dft_matrix(n0, a), planes.reshape(batch, a, n1 * half),
-                  out=spec.reshape(batch, n0, n1 * half))
+        planes = pyfftw.empty_aligned((batch, a, n1, half), dtype=np.complex64)
+        _pruned_dft(line.reshape(batch * a, b, half), n1, planes.reshape(batch * a, n1, half),
+                    threads)
+        _pruned_dft(planes.reshape(batch, a, n1 * half), n0, spec.reshape(batch, n0, n1 * half),
+                    threads)
         return spec
     if not pruned:
         a, b = n0, n1  # every line is transformed (the baseline pruning is measured against)
