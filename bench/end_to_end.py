@@ -25,6 +25,8 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=znni.config.default_threads())
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed runs first (FFTW planning happens in the first run)")
     parser.add_argument("--primitive", default="auto",
                         help="auto, direct, fft, fft-pruned, fft-data or fft-pruned-data")
     args = parser.parse_args()
@@ -34,6 +36,8 @@ def main() -> None:
     x = compiled.new_input()
     x[0] = em_like_volume(plan.input_patch) / 255.0
     times, split = [], []
+    for _ in range(args.warmup):
+        compiled.run(x)
     for _ in range(args.repeats):
         start = time.perf_counter()
         y, split = x, []

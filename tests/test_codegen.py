@@ -15,6 +15,7 @@ from znni.codegen.render import check_context, render
 from znni.codegen.toolchain import GccToolchain
 from znni.errors import CompileError
 from znni.primitives.direct import direct_source
+from znni.primitives.fft import FftGeometry, mac_source
 from znni.primitives.mpf import mpf_source
 from znni.spec import Conv
 
@@ -53,11 +54,20 @@ def test_generated_sources_compile_warning_free(net_name, tmp_path) -> None:
         layer = net.layers[lp.index]
         src = (direct_source(layer, lp.input_shape, tc.vector_width) if isinstance(layer, Conv)
                else mpf_source(layer, lp.input_shape))
-        path = tmp_path / f"l{lp.index}.cpp"
-        path.write_text(src)
-        proc = subprocess.run([tc.cxx, *tc.flags(), "-Werror", "-fsyntax-only", str(path)],
-                              capture_output=True, text=True, check=False)
-        assert proc.returncode == 0, proc.stderr
+        sources = [src]
+        if isinstance(layer, Conv):
+            geometry = FftGeometry.of(layer, lp.input_shape, True, tc.vector_width)
+            sources.append(mac_source(layer, geometry))
+            sources.append(render("pruned_dft.cpp.j2", {
+                "n": geometry.spectral.size[0], "a": layer.kernel[0],
+                "m": geometry.spectral.size[1] * geometry.spectral.half,
+                "vector_width": tc.vector_width}))
+        for j, text in enumerate(sources):
+            path = tmp_path / f"l{lp.index}_{j}.cpp"
+            path.write_text(text)
+            proc = subprocess.run([tc.cxx, *tc.flags(), "-Werror", "-fsyntax-only", str(path)],
+                                  capture_output=True, text=True, check=False)
+            assert proc.returncode == 0, proc.stderr
 
 
 SOURCE = mpf_source(znni.load("tiny").layers[1], (1, 3, 5, 5, 5))

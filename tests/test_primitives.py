@@ -158,3 +158,29 @@ def test_fft_friendly_sizes() -> None:
     from znni.fft import fft_size
 
     assert [fft_size(n) for n in (1, 11, 13, 17, 71, 97, 127)] == [1, 12, 14, 18, 72, 98, 128]
+
+
+@pytest.mark.parametrize("name", FFT_PRIMITIVES + ["direct"])
+def test_memory_formula_predicts_measured_peak(name, rng) -> None:
+    """memory().working against tracemalloc's peak of numpy/pyfftw buffers during a run (plus the
+    input, which the caller holds): within ±15 %, the acceptance bound."""
+    import tracemalloc
+
+    from znni.primitives import PRIMITIVES
+    from znni.primitives.base import tensor_bytes
+
+    layer = Conv(24, 20, (5, 5, 5), "relu")
+    shape = (4, 24, 30, 30, 30)
+    w = rng.standard_normal((20, 24, 5, 5, 5)).astype(np.float32)
+    step = PRIMITIVES[name].prepare(0, layer, shape, (w, np.zeros(20, np.float32)), 2)
+    x = padded_empty(shape, step.input_slack)
+    x[...] = 1
+    step.run(x, 0)  # plans, wisdom, kernel loading
+    tracemalloc.start()
+    try:
+        step.run(x, 0)
+        peak = tracemalloc.get_traced_memory()[1] + tensor_bytes(shape)
+    finally:
+        tracemalloc.stop()
+    predicted = PRIMITIVES[name].memory(layer, shape).working
+    assert abs(predicted - peak) <= 0.15 * peak, (predicted, peak)

@@ -20,23 +20,28 @@ from ..spec import Layer, Network, Pool, Shape5, Vec3
 
 PLAN_VERSION = 1
 AUTO = "auto"
-#: The ``auto`` rule, until the planner's search (issue 4) replaces it: FFT for kernels of at
-#: least AUTO_FFT_MIN_TAPS taps on images of at least AUTO_FFT_MIN_VOXELS voxels.
+#: The ``auto`` rule, until the planner's search (issue 4) replaces it: pruned FFT for kernels of
+#: at least AUTO_FFT_MIN_TAPS taps on images of at least AUTO_FFT_MIN_VOXELS voxels with at least
+#: AUTO_FFT_MIN_MAPS input and output maps. The last condition is measured (bench/conv_layers.py,
+#: n726 at a 64³ patch): its first layer (1 input map) runs 3.6× slower as FFT than direct — 80
+#: inverse transforms cost more than 2·6³ FLOPs per output voxel — and its last (3 output
+#: maps) 2× slower; the 80→80 layers, down to 28³ images, run 5–6.6× faster.
 AUTO_FFT_MIN_TAPS = 27
-AUTO_FFT_MIN_VOXELS = 32 ** 3
+AUTO_FFT_MIN_VOXELS = 16 ** 3
+AUTO_FFT_MIN_MAPS = 16
 
 PrimitiveChoice = str | Mapping[int, str] | None
 
 
 def auto_primitive(layer: Layer, shape_in: Shape5) -> str:
-    """Direct for small kernels or images; pruned FFT otherwise — data-parallel where there is
-    a single input image (first layer: little to gain from many concurrent transforms, and only
-    a few output spectra at a time keeps its big images affordable)."""
+    """MPF for pools; pruned task-parallel FFT or direct for convs (see the rule above)."""
     if isinstance(layer, Pool):
         return "mpf"
-    if math.prod(layer.kernel) < AUTO_FFT_MIN_TAPS or math.prod(shape_in[2:]) < AUTO_FFT_MIN_VOXELS:
-        return "direct"
-    return "fft-pruned-data" if shape_in[0] * shape_in[1] == 1 else "fft-pruned"
+    if (math.prod(layer.kernel) >= AUTO_FFT_MIN_TAPS
+            and min(layer.in_channels, layer.out_channels) >= AUTO_FFT_MIN_MAPS
+            and math.prod(shape_in[2:]) >= AUTO_FFT_MIN_VOXELS):
+        return "fft-pruned"
+    return "direct"
 
 
 def _requested(choice: PrimitiveChoice, index: int, layer: Layer) -> str:

@@ -148,9 +148,10 @@ class FftStep:
                 block = self.flipped[j0:j0 + g.out_chunk, i0:i0 + g.in_block]
                 forward(block.reshape(-1, *k), g.spectral, threads, self.pruned, out=kernel_spec)
                 _to_planar(kernel_spec, kernel_planar.reshape(-1, 2, g.nfp), self.scale)
-                # The kernel indexes samples with the full map stride: pass the block's first map.
-                first_map = planar_in.reshape(-1)[i0 * 2 * g.nfp:]
-                self.module.forward(first_map, planar_out, threads, kernel_planar, batch=s)
+                # The kernel indexes samples with the full map stride: pass the block's first
+                # map (a temporary view, so that `del planar_in` below really frees it).
+                self.module.forward(planar_in.reshape(-1)[i0 * 2 * g.nfp:], planar_out,
+                                    threads, kernel_planar, batch=s)
             if j0 == chunks[-1]:
                 del planar_in, kernel_spec, kernel_planar  # stage 3 of the last chunk is leaner
             # Stage 3: inverse transforms of the chunk, crop, bias, activation.
