@@ -16,6 +16,22 @@ from znni.spec import Conv, Pool
 from .conftest import relative_error
 
 
+def random_layer_data(rng, batch, fi, fo, kernel, shape):
+    """Input, He-scaled weights and bias for one conv layer."""
+    x = rng.standard_normal((batch, fi, *shape)).astype(np.float32)
+    w = rng.standard_normal((fo, fi, *kernel)).astype(np.float32) / math.sqrt(fi * math.prod(kernel))
+    return x, w, rng.standard_normal(fo).astype(np.float32)
+
+
+def conv_reference(x, w, b, act):
+    """float64 oracle: per-sample valid correlation + bias + activation."""
+    acts = {"relu": lambda v: np.maximum(v, 0), "tanh": np.tanh, "linear": lambda v: v,
+            "sigmoid": lambda v: 1 / (1 + np.exp(-v))}
+    return np.stack([acts[act](_dilated_correlation(xs.astype(np.float64), w.astype(np.float64),
+                                                    [1, 1, 1]) + b[:, None, None, None])
+                     for xs in x])
+
+
 def run_direct(layer: Conv, x: np.ndarray, w: np.ndarray, b: np.ndarray, threads: int = 2):
     step = DirectConv().prepare(0, layer, x.shape, (w, b), threads)
     buf = padded_empty(x.shape, step.input_slack)
@@ -35,15 +51,9 @@ def run_direct(layer: Conv, x: np.ndarray, w: np.ndarray, b: np.ndarray, threads
 def test_direct_conv_matches_numpy(fi, fo, kernel, shape, act, rng) -> None:
     layer = Conv(fi, fo, kernel, act)
     batch = 3
-    x = rng.standard_normal((batch, fi, *shape)).astype(np.float32)
-    w = rng.standard_normal((fo, fi, *kernel)).astype(np.float32) / math.sqrt(fi * math.prod(kernel))
-    b = rng.standard_normal(fo).astype(np.float32)
+    x, w, b = random_layer_data(rng, batch, fi, fo, kernel, shape)
     out = run_direct(layer, x, w, b)
-    acts = {"relu": lambda v: np.maximum(v, 0), "tanh": np.tanh, "linear": lambda v: v,
-            "sigmoid": lambda v: 1 / (1 + np.exp(-v))}
-    ref = np.stack([acts[act](_dilated_correlation(x[s].astype(np.float64), w.astype(np.float64),
-                                                   [1, 1, 1]) + b[:, None, None, None])
-                    for s in range(batch)])
+    ref = conv_reference(x, w, b, act)
     assert relative_error(out, ref) < 1e-5
 
 
@@ -125,15 +135,9 @@ def test_fft_conv_matches_numpy(name, fi, fo, kernel, shape, act, batch, rng) ->
     from znni.primitives import PRIMITIVES
 
     layer = Conv(fi, fo, kernel, act)
-    x = rng.standard_normal((batch, fi, *shape)).astype(np.float32)
-    w = rng.standard_normal((fo, fi, *kernel)).astype(np.float32) / math.sqrt(fi * math.prod(kernel))
-    b = rng.standard_normal(fo).astype(np.float32)
+    x, w, b = random_layer_data(rng, batch, fi, fo, kernel, shape)
     out = PRIMITIVES[name].prepare(0, layer, x.shape, (w, b), 2).run(x, 0)
-    acts = {"relu": lambda v: np.maximum(v, 0), "tanh": np.tanh, "linear": lambda v: v,
-            "sigmoid": lambda v: 1 / (1 + np.exp(-v))}
-    ref = np.stack([acts[act](_dilated_correlation(x[s].astype(np.float64), w.astype(np.float64),
-                                                   [1, 1, 1]) + b[:, None, None, None])
-                    for s in range(batch)])
+    ref = conv_reference(x, w, b, act)
     assert relative_error(out, ref) < 1e-4
 
 

@@ -111,7 +111,7 @@ _common: list[Callable[[Any], Any]] = [
                  type=click.Choice(["auto", "direct", "fft", "fft-pruned", "fft-data",
                                     "fft-pruned-data"]),
                  help="Convolution primitive for every conv layer; auto: pruned FFT for kernels "
-                 "≥ 27 taps with ≥ 16 input and output maps on images ≥ 16³, direct otherwise."),
+                 "≥ 100 taps with ≥ 16 input and output maps on images ≥ 16³, direct otherwise."),
 ]
 
 

@@ -44,7 +44,7 @@ def check_context(context: Mapping[str, ContextValue]) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", key):
             raise ValueError(f"template variable name {key!r} is not an identifier")
         if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ValueError(f"template variable {key}={value!r}: only int and enum str allowed")
+            raise TypeError(f"template variable {key}={value!r}: only int and enum str allowed")
         if isinstance(value, int) and not -_MAX_INT < value < _MAX_INT:
             raise ValueError(f"template variable {key}={value} out of range")
         if isinstance(value, str) and value not in ENUM_VALUES:

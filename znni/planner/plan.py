@@ -8,8 +8,8 @@ digest, every shape recomputed), so a hand-edited plan cannot smuggle anything i
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,8 +25,9 @@ AUTO = "auto"
 #: AUTO_FFT_MIN_MAPS input and output maps. The last condition is measured (bench/conv_layers.py,
 #: n726 at a 64³ patch): its first layer (1 input map) runs 3.6× slower as FFT than direct — 80
 #: inverse transforms cost more than 2·6³ FLOPs per output voxel — and its last (3 output
-#: maps) 2× slower; the 80→80 layers, down to 28³ images, run 5–6.6× faster.
-AUTO_FFT_MIN_TAPS = 27
+#: maps) 2× slower; the 80→80 layers, down to 28³ images, run 5–6.6× faster. The kernel-size
+#: crossover on an n337-like layer (S=64, 80→80, 35³) lies between 4³ (FFT 0.9×) and 5³ (1.8×).
+AUTO_FFT_MIN_TAPS = 100
 AUTO_FFT_MIN_VOXELS = 16 ** 3
 AUTO_FFT_MIN_MAPS = 16
 

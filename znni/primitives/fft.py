@@ -60,7 +60,7 @@ class FftGeometry:
 
     @classmethod
     def of(cls, layer: Conv, shape_in: Shape5, task_parallel: bool,
-           vector_width: int) -> "FftGeometry":
+           vector_width: int) -> FftGeometry:
         spectral = SpectralShape(tuple(fft_size(n) for n in shape_in[2:]))  # type: ignore[arg-type]
         nfp = -(-spectral.complex_elements // vector_width) * vector_width
         chunk = (layer.out_channels if task_parallel
