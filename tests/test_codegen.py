@@ -58,10 +58,11 @@ def test_generated_sources_compile_warning_free(net_name, tmp_path) -> None:
         if isinstance(layer, Conv):
             geometry = FftGeometry.of(layer, lp.input_shape, True, tc.vector_width)
             sources.append(mac_source(layer, geometry))
-            sources.append(render("pruned_dft.cpp.j2", {
-                "n": geometry.spectral.size[0], "a": layer.kernel[0],
-                "m": geometry.spectral.size[1] * geometry.spectral.half,
-                "vector_width": tc.vector_width}))
+            m = geometry.spectral.size[1] * geometry.spectral.half
+            for planar in (0, 1):
+                sources.append(render("pruned_dft.cpp.j2", {
+                    "n": geometry.spectral.size[0], "a": layer.kernel[0], "m": m,
+                    "vector_width": tc.vector_width, "planar": planar, "nfp": geometry.nfp}))
         for j, text in enumerate(sources):
             path = tmp_path / f"l{lp.index}_{j}.cpp"
             path.write_text(text)

@@ -129,19 +129,56 @@ def _dft_table(n: int, extent: int) -> np.ndarray:
     return np.ascontiguousarray(np.stack([np.cos(angle), np.sin(angle)]).astype(np.float32))
 
 
-def _pruned_dft(x: np.ndarray, n: int, out: np.ndarray, threads: int) -> None:
+def _pruned_dft(x: np.ndarray, n: int, out: np.ndarray, threads: int,
+                planar_scale: float | None = None) -> None:
     """``out[b, m, c] = Σ_t DFT_n[m, t] · x[b, t, c]`` for complex ``x`` ``(B, A, M)`` by a
     generated kernel (numpy's matmul here ran its own BLAS thread pool, which fought FFTW's and
-    OpenMP's threads on 2 cores: 2–5× slower in the same pipeline)."""
+    OpenMP's threads on 2 cores: 2–5× slower in the same pipeline). With ``planar_scale`` the
+    result, times that factor, goes to a planar float32 ``out`` ``(B, 2, nfp)`` instead."""
     from ..codegen.loader import default_toolchain, load_kernel
     from ..codegen.render import render
 
     _, a, m = x.shape
+    planar = planar_scale is not None
     toolchain = default_toolchain()
-    source = render("pruned_dft.cpp.j2", {"n": n, "a": a, "m": m,
-                                          "vector_width": toolchain.vector_width})
+    source = render("pruned_dft.cpp.j2", {
+        "n": n, "a": a, "m": m, "vector_width": toolchain.vector_width, "planar": int(planar),
+        "nfp": out.shape[-1] if planar else n * m})
     module = load_kernel(source, f"pruned DFT {a}->{n} x {m}", toolchain)
-    module.forward(x.view(np.float32), out.view(np.float32), threads, _dft_table(n, a))
+    table = _dft_table(n, a) if not planar else _dft_table(n, a) * np.float32(planar_scale)
+    module.forward(x.view(np.float32), out.view(np.float32), threads, table)
+
+
+def _xy_passes(x: np.ndarray, shape: SpectralShape, threads: int) -> np.ndarray:
+    """Pruned x (FFTW r2c on the non-zero rows) and y (pruned DFT) passes: ``(B, a, N1, half)``."""
+    batch, a, b, c = x.shape
+    n1, n2 = shape.size[1], shape.size[2]
+    half = shape.half
+    rows = pyfftw.empty_aligned((batch, a, b, n2), dtype=np.float32)
+    line = pyfftw.empty_aligned((batch, a, b, half), dtype=np.complex64)
+    x_pass = _plans(line, [(rows, line, 3, "FFTW_FORWARD")], threads)[0]
+    rows[..., :c] = x  # filled after planning: a measuring planner scribbles on its arrays
+    rows[..., c:] = 0
+    x_pass.execute()
+    planes = pyfftw.empty_aligned((batch, a, n1, half), dtype=np.complex64)
+    _pruned_dft(line.reshape(batch * a, b, half), n1, planes.reshape(batch * a, n1, half), threads)
+    return planes
+
+
+def prunable(extent: tuple[int, ...], shape: SpectralShape) -> bool:
+    """Whether :func:`forward_planar` applies (short extents along z and y)."""
+    return _gemm_worthy(extent[0], shape.size[0]) and _gemm_worthy(extent[1], shape.size[1])
+
+
+def forward_planar(x: np.ndarray, shape: SpectralShape, threads: int, out: np.ndarray,
+                   scale: float) -> None:
+    """Pruned forward of short-extent data (see :func:`prunable`) written, times ``scale``,
+    straight into planar ``out`` ``(B, 2, nfp)`` (re, im; padding lanes zeroed): what the
+    spectral MAC reads, without a complex spectrum or a conversion pass."""
+    batch, a = x.shape[:2]
+    n0, n1 = shape.size[:2]
+    planes = _xy_passes(x, shape, threads)
+    _pruned_dft(planes.reshape(batch, a, n1 * shape.half), n0, out, threads, scale)
 
 
 def forward(x: np.ndarray, shape: SpectralShape, threads: int,
@@ -152,17 +189,9 @@ def forward(x: np.ndarray, shape: SpectralShape, threads: int,
     batch, a, b, c = x.shape
     n0, n1, n2 = shape.size
     spec = shape.buffer(batch) if out is None else out
-    if pruned and _gemm_worthy(a, n0) and _gemm_worthy(b, n1):
-        rows = pyfftw.empty_aligned((batch, a, b, n2), dtype=np.float32)
+    if pruned and prunable((a, b), shape):
         half = shape.half
-        line = pyfftw.empty_aligned((batch, a, b, half), dtype=np.complex64)
-        x_pass = _plans(line, [(rows, line, 3, "FFTW_FORWARD")], threads)[0]
-        rows[..., :c] = x  # filled after planning: a measuring planner scribbles on its arrays
-        rows[..., c:] = 0
-        x_pass.execute()
-        planes = pyfftw.empty_aligned((batch, a, n1, half), dtype=np.complex64)
-        _pruned_dft(line.reshape(batch * a, b, half), n1, planes.reshape(batch * a, n1, half),
-                    threads)
+        planes = _xy_passes(x, shape, threads)
         _pruned_dft(planes.reshape(batch, a, n1 * half), n0, spec.reshape(batch, n0, n1 * half),
                     threads)
         return spec

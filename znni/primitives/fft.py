@@ -24,7 +24,7 @@ import numpy as np
 
 from ..codegen.loader import KernelModule, default_toolchain, load_kernel
 from ..codegen.render import render
-from ..fft.pruned import SpectralShape, forward, inverse_cropped
+from ..fft.pruned import SpectralShape, forward, forward_planar, inverse_cropped, prunable
 from ..fft.sizes import fft_size
 from ..spec import Conv, Layer, Shape5
 from .base import FLOAT_BYTES, Memory, padded_empty, tensor_bytes
@@ -138,16 +138,21 @@ class FftStep:
         _to_planar(spec, planar_in.reshape(s * f, 2, g.nfp))
         del spec
 
-        kernel_spec = g.spectral.buffer(g.out_chunk * g.in_block)
+        direct_planar = self.pruned and prunable(k, g.spectral)
+        kernel_spec = None if direct_planar else g.spectral.buffer(g.out_chunk * g.in_block)
         kernel_planar = np.empty((g.out_chunk, g.in_block, 2, g.nfp), np.float32)
         chunks = range(0, fo, g.out_chunk)
         for j0 in chunks:
             # Stage 2: accumulate this chunk's output spectra over all input maps.
             planar_out = np.zeros((s, g.out_chunk, 2, g.nfp), np.float32)
             for i0 in range(0, f, g.in_block):
-                block = self.flipped[j0:j0 + g.out_chunk, i0:i0 + g.in_block]
-                forward(block.reshape(-1, *k), g.spectral, threads, self.pruned, out=kernel_spec)
-                _to_planar(kernel_spec, kernel_planar.reshape(-1, 2, g.nfp), self.scale)
+                block = self.flipped[j0:j0 + g.out_chunk, i0:i0 + g.in_block].reshape(-1, *k)
+                if kernel_spec is None:  # pruned DFT writes planar, scaled spectra directly
+                    forward_planar(block, g.spectral, threads,
+                                   kernel_planar.reshape(-1, 2, g.nfp), self.scale)
+                else:
+                    forward(block, g.spectral, threads, self.pruned, out=kernel_spec)
+                    _to_planar(kernel_spec, kernel_planar.reshape(-1, 2, g.nfp), self.scale)
                 # The kernel indexes samples with the full map stride: pass the block's first
                 # map (a temporary view, so that `del planar_in` below really frees it).
                 self.module.forward(planar_in.reshape(-1)[i0 * 2 * g.nfp:], planar_out,
@@ -208,7 +213,13 @@ class FftConv:
         ntilde = g.spectral.complex_elements
         planar_in = c8 * s * f * g.nfp
         planar_chunk = c8 * s * g.out_chunk * g.nfp
-        kernels = c8 * g.out_chunk * g.in_block * (ntilde + g.nfp)
+        blocks = g.out_chunk * g.in_block
+        if self.pruned and prunable(layer.kernel, g.spectral):
+            # planar spectra + the y pass's planes (the pruned z pass writes planar directly)
+            kernels = c8 * blocks * (g.nfp + layer.kernel[0] * g.spectral.size[1]
+                                     * g.spectral.half)
+        else:
+            kernels = c8 * blocks * (ntilde + g.nfp)
         stage1 = c8 * s * f * ntilde + planar_in
         stage2 = planar_in + planar_chunk + kernels
         more_chunks = layer.out_channels > g.out_chunk
