@@ -188,3 +188,13 @@ def test_memory_formula_predicts_measured_peak(name, rng) -> None:
         tracemalloc.stop()
     predicted = PRIMITIVES[name].memory(layer, shape).working
     assert abs(predicted - peak) <= 0.15 * peak, (predicted, peak)
+
+
+def test_fftw_wisdom_is_persisted_in_the_cache_dir(rng) -> None:
+    from znni import config
+    from znni.fft import SpectralShape, forward
+
+    if config.fftw_effort() == "FFTW_ESTIMATE":
+        pytest.skip("no wisdom is gathered with FFTW_ESTIMATE")
+    forward(rng.random((2, 11, 13, 9), dtype=np.float32), SpectralShape((11, 13, 10)), 2)
+    assert (config.cache_dir() / "fftw_wisdom_single").stat().st_size > 0

@@ -112,6 +112,7 @@ def _plans(buffer: np.ndarray, passes: list[PassSpec], threads: int) -> list[pyf
         buffer[...] = saved
         with _wisdom_lock:
             _new_wisdom = True
+        save_wisdom()
         return plans
 
 
@@ -234,12 +235,3 @@ def inverse_cropped(spec: np.ndarray, shape: SpectralShape, start: tuple[int, in
     for plan in plans:
         plan.execute()
     return real[:, s0:e0, s1:e1, s2:e2]
-
-
-def transform_flops(size: tuple[int, int, int], lines: tuple[int, int, int]) -> float:
-    """Conventional FFT FLOP count (2.5·n·log2 n per complex 1D line of length n; half for the
-    real x pass): ``lines`` are the number of x, y and z lines transformed."""
-    n0, n1, n2 = size
-    return (lines[0] * 2.5 * n2 * math.log2(max(n2, 2)) / 2
-            + lines[1] * 5 * n1 * math.log2(max(n1, 2))
-            + lines[2] * 5 * n0 * math.log2(max(n0, 2)))
