@@ -34,7 +34,6 @@ from .. import config
 log = logging.getLogger("znni")
 _wisdom_lock = threading.Lock()
 _wisdom_loaded = False
-_new_wisdom = False
 
 
 @dataclass(frozen=True)
@@ -75,11 +74,7 @@ def _ensure_wisdom() -> None:
 
 def save_wisdom() -> None:
     """Persist FFTW wisdom gathered by this process (atomic replace; last writer wins)."""
-    global _new_wisdom
     with _wisdom_lock:
-        if not _new_wisdom:
-            return
-        _new_wisdom = False
         path = _wisdom_path()
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_bytes(pyfftw.export_wisdom()[1])
@@ -100,7 +95,6 @@ PassSpec = tuple[np.ndarray, np.ndarray, int, str]
 def _plans(buffer: np.ndarray, passes: list[PassSpec], threads: int) -> list[pyfftw.FFTW]:
     """Plans for ``passes`` over views of ``buffer``, leaving its contents intact: FFTW's
     measuring planner overwrites its arrays, so without wisdom the data is saved and restored."""
-    global _new_wisdom
     _ensure_wisdom()
     if config.fftw_effort() == "FFTW_ESTIMATE":
         return [_plan(*p, threads) for p in passes]
@@ -110,8 +104,6 @@ def _plans(buffer: np.ndarray, passes: list[PassSpec], threads: int) -> list[pyf
         saved = buffer.copy()
         plans = [_plan(*p, threads) for p in passes]
         buffer[...] = saved
-        with _wisdom_lock:
-            _new_wisdom = True
         save_wisdom()
         return plans
 
