@@ -62,7 +62,8 @@ def test_generated_sources_compile_warning_free(net_name, tmp_path) -> None:
             for planar in (0, 1):
                 sources.append(render("pruned_dft.cpp.j2", {
                     "n": geometry.spectral.size[0], "a": layer.kernel[0], "m": m,
-                    "vector_width": tc.vector_width, "planar": planar, "nfp": geometry.nfp}))
+                    "vector_width": tc.vector_width, "planar": planar, "nfp": geometry.nfp,
+                    "tile": geometry.tile}))
         for j, text in enumerate(sources):
             path = tmp_path / f"l{lp.index}_{j}.cpp"
             path.write_text(text)

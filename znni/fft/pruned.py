@@ -127,7 +127,7 @@ def _pruned_dft(x: np.ndarray, n: int, out: np.ndarray, threads: int,
     """``out[b, m, c] = Σ_t DFT_n[m, t] · x[b, t, c]`` for complex ``x`` ``(B, A, M)`` by a
     generated kernel (numpy's matmul here ran its own BLAS thread pool, which fought FFTW's and
     OpenMP's threads on 2 cores: 2–5× slower in the same pipeline). With ``planar_scale`` the
-    result, times that factor, goes to a planar float32 ``out`` ``(B, 2, nfp)`` instead."""
+    result, times that factor, goes to a tiled planar float32 ``out`` ``(nfp/T, B, 2, T)``."""
     from ..codegen.loader import default_toolchain, load_kernel
     from ..codegen.render import render
 
@@ -136,7 +136,8 @@ def _pruned_dft(x: np.ndarray, n: int, out: np.ndarray, threads: int,
     toolchain = default_toolchain()
     source = render("pruned_dft.cpp.j2", {
         "n": n, "a": a, "m": m, "vector_width": toolchain.vector_width, "planar": int(planar),
-        "nfp": out.shape[-1] if planar else n * m})
+        "nfp": out.shape[0] * out.shape[-1] if planar else n * m,
+        "tile": out.shape[-1] if planar else 1})
     module = load_kernel(source, f"pruned DFT {a}->{n} x {m}", toolchain)
     table = _dft_table(n, a) if not planar else _dft_table(n, a) * np.float32(planar_scale)
     module.forward(x.view(np.float32), out.view(np.float32), threads, table)
@@ -166,8 +167,8 @@ def prunable(extent: tuple[int, ...], shape: SpectralShape) -> bool:
 def forward_planar(x: np.ndarray, shape: SpectralShape, threads: int, out: np.ndarray,
                    scale: float) -> None:
     """Pruned forward of short-extent data (see :func:`prunable`) written, times ``scale``,
-    straight into planar ``out`` ``(B, 2, nfp)`` (re, im; padding lanes zeroed): what the
-    spectral MAC reads, without a complex spectrum or a conversion pass."""
+    straight into tiled planar ``out`` ``(nfp/T, B, 2, T)`` (re, im; padding lanes zeroed):
+    what the spectral MAC reads, without a complex spectrum or a conversion pass."""
     batch, a = x.shape[:2]
     n0, n1 = shape.size[:2]
     planes = _xy_passes(x, shape, threads)

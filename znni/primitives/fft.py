@@ -30,11 +30,14 @@ from ..spec import Conv, Layer, Shape5
 from .base import FLOAT_BYTES, Memory, padded_empty, tensor_bytes
 from .direct import conv_output_shape
 
-#: Scratch bytes for one block of kernel spectra (complex buffer + planar copy).
-KERNEL_BLOCK_BYTES = 32 << 20
+#: Scratch bytes for one block of kernel spectra. Bigger blocks mean more input maps per MAC
+#: pass, so output spectra cross main memory fewer times (measured: the MAC is bandwidth-bound
+#: at one input map per pass).
+KERNEL_BLOCK_BYTES = 256 << 20
 #: Output maps accumulated at once by the data-parallel schedule (at most).
 DATA_PARALLEL_CHUNK = 4
-_MAC_TILE = 512  # frequencies per MAC task: I, K, O tiles of a block stay in L2
+#: L2 bytes for one MAC task's output tile plus one L1 block of its input tile.
+MAC_TILE_BYTES = 1 << 20
 
 _ACTIVATIONS = {
     "relu": lambda v: np.maximum(v, 0, out=v),
@@ -44,8 +47,12 @@ _ACTIVATIONS = {
 }
 
 
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
 def _largest_divisor(n: int, at_most: int) -> int:
-    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
+    return max(d for d in _divisors(n) if d <= at_most)
 
 
 @dataclass(frozen=True)
@@ -53,27 +60,54 @@ class FftGeometry:
     """Everything sizes-related about one FFT conv layer shape, derived once."""
 
     spectral: SpectralShape
-    nfp: int            # complex elements per map, padded to the vector width
     out_chunk: int      # output maps accumulated at once
     in_block: int       # input maps per kernel-spectra block
     vector_width: int
+    tile: int           # frequencies per tile of the tiled planar layout (and per MAC task)
 
     @classmethod
     def of(cls, layer: Conv, shape_in: Shape5, task_parallel: bool,
            vector_width: int) -> FftGeometry:
+        """Pick the (output chunk, input block) that moves the fewest bytes through the MAC.
+
+        Per frequency, input spectra are read once per output chunk (8·S·f·f′/chunk bytes) and
+        output spectra read and written once per input block (16·S·f·f′/block); the kernel
+        block, chunk × block spectra, must fit KERNEL_BLOCK_BYTES. The data-parallel schedule
+        caps the chunk at DATA_PARALLEL_CHUNK maps to keep its output spectra small. The tile
+        keeps one MAC task's output tile and one L1 block of its input tile in L2.
+        """
         spectral = SpectralShape(tuple(fft_size(n) for n in shape_in[2:]))  # type: ignore[arg-type]
-        nfp = -(-spectral.complex_elements // vector_width) * vector_width
-        chunk = (layer.out_channels if task_parallel
-                 else _largest_divisor(layer.out_channels, DATA_PARALLEL_CHUNK))
-        per_map = 8 * (spectral.complex_elements + nfp)  # complex buffer + planar copy
-        limit = max(1, KERNEL_BLOCK_BYTES // (per_map * chunk))
-        return cls(spectral, nfp, chunk, _largest_divisor(layer.in_channels, limit), vector_width)
+        per_map = 16 * spectral.complex_elements  # complex buffer + planar copy
+        max_chunk = layer.out_channels if task_parallel else DATA_PARALLEL_CHUNK
+        candidates = [(j, i) for j in _divisors(layer.out_channels) if j <= max_chunk
+                      for i in _divisors(layer.in_channels)
+                      if j * i * per_map <= KERNEL_BLOCK_BYTES or j * i == 1]
+        chunk, block = min(candidates, key=lambda ji: (1 / ji[0] + 2 / ji[1], -ji[0]))
+        per_frequency = 8 * shape_in[0] * (chunk + _l1_block(block))
+        v = vector_width
+        tile = min(max(v, MAC_TILE_BYTES // per_frequency // v * v), 1024,
+                   -(-spectral.complex_elements // v) * v)
+        return cls(spectral, chunk, block, vector_width, tile)
+
+    @property
+    def nfp(self) -> int:
+        """Complex elements per map in the planar layout: whole tiles."""
+        return -(-self.spectral.complex_elements // self.tile) * self.tile
 
     @property
     def register_block(self) -> tuple[int, int]:
-        """(samples, output maps) of accumulators: 2·SB·JR of 32 (16 with AVX2) registers."""
-        jr = _largest_divisor(self.out_chunk, 4)
-        return (2 if self.vector_width == 16 else 1), jr
+        """(samples, output maps) of accumulators: 2·SB·JR of 32 vector registers (16, AVX2)."""
+        return (2 if self.vector_width == 16 else 1), _largest_divisor(self.out_chunk, 4)
+
+    def planar(self, maps: int) -> np.ndarray:
+        """An uninitialised tiled planar spectra array ``(nfp/T, maps, 2, T)``."""
+        return np.empty((self.nfp // self.tile, maps, 2, self.tile), np.float32)
+
+
+def _l1_block(in_block: int) -> int:
+    """Input maps per MAC L1 block: ≤ 24 (4 output maps × 24 × re/im kernel lines ≈ 12 KiB);
+    measured best among 10–40 on this machine's 48 KiB L1."""
+    return _largest_divisor(in_block, 24)
 
 
 def mac_source(layer: Conv, geometry: FftGeometry) -> str:
@@ -81,25 +115,44 @@ def mac_source(layer: Conv, geometry: FftGeometry) -> str:
     return render("spectral_mac.cpp.j2", {
         "nfp": geometry.nfp, "in_maps": layer.in_channels, "jb": geometry.out_chunk,
         "ib": geometry.in_block, "vector_width": geometry.vector_width, "sb": sb, "jr": jr,
-        "tile": -(-_MAC_TILE // geometry.vector_width) * geometry.vector_width})
+        "ic": _l1_block(geometry.in_block), "tile": geometry.tile})
 
 
-def _to_planar(spec: np.ndarray, planar: np.ndarray, scale: float = 1.0) -> None:
-    """Complex ``(M, …)`` spectra into planar ``(M, 2, nfp)`` (padding lanes zeroed)."""
-    m = planar.shape[0]
-    flat = spec.reshape(m, -1)
-    n = flat.shape[1]
-    np.multiply(flat.real, scale, out=planar[:, 0, :n])
-    np.multiply(flat.imag, scale, out=planar[:, 1, :n])
-    planar[:, :, n:] = 0
+class SpectralLayout:
+    """Generated converters between complex (FFTW) spectra and the MAC's tiled planar layout."""
 
+    def __init__(self, geometry: FftGeometry, threads: int) -> None:
+        self.geometry = geometry
+        self.threads = threads
+        self._modules: dict[tuple[bool, int], KernelModule] = {}
 
-def _from_planar(planar: np.ndarray, spec: np.ndarray) -> None:
-    m = planar.shape[0]
-    flat = spec.reshape(m, -1)
-    n = flat.shape[1]
-    flat.real = planar[:, 0, :n]
-    flat.imag = planar[:, 1, :n]
+    def _module(self, to_planar: bool, scale_denominator: int) -> KernelModule:
+        key = (to_planar, scale_denominator)
+        if key not in self._modules:
+            g = self.geometry
+            source = render("spectral_layout.cpp.j2", {
+                "n": g.spectral.complex_elements, "nfp": g.nfp, "tile": g.tile,
+                "to_planar": int(to_planar), "scale_denominator": scale_denominator})
+            self._modules[key] = load_kernel(source, f"spectral layout {g.spectral.size}")
+        return self._modules[key]
+
+    def prepare(self, kernels_too: bool) -> None:
+        """Compile every converter :meth:`to_planar`/:meth:`from_planar` will need now."""
+        self._module(True, 1)
+        self._module(False, 1)
+        if kernels_too:
+            self._module(True, math.prod(self.geometry.spectral.size))
+
+    def to_planar(self, spec: np.ndarray, planar: np.ndarray, normalise: bool = False) -> None:
+        """Complex ``(maps, …)`` into tiled planar ``(nfp/T, maps, 2, T)`` (optionally ×1/N)."""
+        denominator = math.prod(self.geometry.spectral.size) if normalise else 1
+        self._module(True, denominator).forward(spec.view(np.float32), planar, self.threads,
+                                                batch=planar.shape[1])
+
+    def from_planar(self, planar: np.ndarray, spec: np.ndarray) -> None:
+        """Tiled planar ``(nfp/T, maps, 2, T)`` back into complex ``(maps, …)`` spectra."""
+        self._module(False, 1).forward(planar, spec.view(np.float32), self.threads,
+                                       batch=planar.shape[1])
 
 
 class FftStep:
@@ -121,6 +174,8 @@ class FftStep:
         self.flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1, ::-1])
         self.bias = b.reshape(1, -1, 1, 1, 1)
         self.scale = 1.0 / math.prod(geometry.spectral.size)
+        self.layout = SpectralLayout(geometry, threads)
+        self.layout.prepare(kernels_too=not (pruned and prunable(layer.kernel, geometry.spectral)))
 
     def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
         if x.shape[1:] != self.shape_in[1:]:
@@ -132,36 +187,36 @@ class FftStep:
         start = (k[0] - 1, k[1] - 1, k[2] - 1)
         stop = (n[0], n[1], n[2])
 
-        # Stage 1: input spectra, planar.
+        # Stage 1: input spectra, tiled planar.
         spec = forward(x.reshape(s * f, *n), g.spectral, threads, self.pruned)
-        planar_in = np.empty((s, f, 2, g.nfp), np.float32)
-        _to_planar(spec, planar_in.reshape(s * f, 2, g.nfp))
+        planar_in = g.planar(s * f)
+        self.layout.to_planar(spec, planar_in)
         del spec
 
         direct_planar = self.pruned and prunable(k, g.spectral)
         kernel_spec = None if direct_planar else g.spectral.buffer(g.out_chunk * g.in_block)
-        kernel_planar = np.empty((g.out_chunk, g.in_block, 2, g.nfp), np.float32)
+        kernel_planar = g.planar(g.out_chunk * g.in_block)
         chunks = range(0, fo, g.out_chunk)
         for j0 in chunks:
             # Stage 2: accumulate this chunk's output spectra over all input maps.
-            planar_out = np.zeros((s, g.out_chunk, 2, g.nfp), np.float32)
+            planar_out = g.planar(s * g.out_chunk)
+            planar_out.fill(0)
             for i0 in range(0, f, g.in_block):
                 block = self.flipped[j0:j0 + g.out_chunk, i0:i0 + g.in_block].reshape(-1, *k)
                 if kernel_spec is None:  # pruned DFT writes planar, scaled spectra directly
-                    forward_planar(block, g.spectral, threads,
-                                   kernel_planar.reshape(-1, 2, g.nfp), self.scale)
+                    forward_planar(block, g.spectral, threads, kernel_planar, self.scale)
                 else:
                     forward(block, g.spectral, threads, self.pruned, out=kernel_spec)
-                    _to_planar(kernel_spec, kernel_planar.reshape(-1, 2, g.nfp), self.scale)
-                # The kernel indexes samples with the full map stride: pass the block's first
+                    self.layout.to_planar(kernel_spec, kernel_planar, normalise=True)
+                # The kernel indexes maps with the full per-tile stride: pass the block's first
                 # map (a temporary view, so that `del planar_in` below really frees it).
-                self.module.forward(planar_in.reshape(-1)[i0 * 2 * g.nfp:], planar_out,
+                self.module.forward(planar_in.reshape(-1)[i0 * 2 * g.tile:], planar_out,
                                     threads, kernel_planar, batch=s)
             if j0 == chunks[-1]:
                 del planar_in, kernel_spec, kernel_planar  # stage 3 of the last chunk is leaner
             # Stage 3: inverse transforms of the chunk, crop, bias, activation.
             spec_out = g.spectral.buffer(s * g.out_chunk)
-            _from_planar(planar_out.reshape(-1, 2, g.nfp), spec_out)
+            self.layout.from_planar(planar_out, spec_out)
             del planar_out
             valid = inverse_cropped(spec_out, g.spectral, start, stop, threads)
             dst = out[:, j0:j0 + g.out_chunk]
