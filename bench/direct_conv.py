@@ -15,12 +15,13 @@ import statistics
 import time
 
 import numpy as np
-from peak_flops import peak_gflops
 
 import znni
 import znni.config
+from znni.planner.calibrate import peak_flops
 from znni.primitives import DirectConv
 from znni.primitives.base import padded_empty
+from znni.primitives.direct import useful_fraction
 from znni.spec import Conv
 
 
@@ -33,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     net = znni.load(args.net).random_weights(0)
     plan = znni.make_plan(net, (args.patch,) * 3)
-    peak = peak_gflops(args.threads)
+    peak = peak_flops(args.threads) / 1e9
     print(f"{args.net} patch {args.patch}^3, {args.threads} threads, peak {peak:.0f} GFLOP/s")
     print(f"{'layer':>5} {'input (S,f,n)':>24} {'k':>7} {'s':>8} {'GFLOP/s':>8} {'% peak':>7}"
           f" {'useful lanes':>12}")
@@ -54,9 +55,7 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         seconds = statistics.median(times)
         gflops = lp.flops / seconds / 1e9
-        n = lp.input_shape[2:]
-        o = lp.output_shape[2:]
-        useful = np.prod(o) / ((o[0] - 1) * n[1] * n[2] + (o[1] - 1) * n[2] + o[2])
+        useful = useful_fraction(layer, lp.input_shape)
         print(f"{lp.index:>5} {lp.input_shape[:3]!s:>24} {'x'.join(map(str, layer.kernel)):>7}"
               f" {seconds:8.3f} {gflops:8.1f} {100 * gflops / peak:6.0f}% {100 * useful:11.0f}%")
 

@@ -15,6 +15,8 @@ settings.load_profile("znni")
 
 # Set before znni is imported anywhere: tests never touch the user's kernel cache.
 os.environ.setdefault("ZNNI_CACHE_DIR", tempfile.mkdtemp(prefix="znni-test-cache-"))
+# Plans in tests are made for a fixed example machine: deterministic, and no calibration run.
+os.environ.setdefault("ZNNI_DEVICE", "xeon-2core")
 
 import znni
 

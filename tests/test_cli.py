@@ -105,3 +105,42 @@ def test_demo_runs_and_reports_throughput() -> None:
     result = znni_cli("demo", "--net", "tiny", "--size", "8")
     assert result.returncode == 0, result.stderr
     assert "voxels/s" in result.stdout
+
+
+def test_plan_json_runs_through_infer(tiny_files, tmp_path) -> None:
+    plan_file = tmp_path / "plan.json"
+    result = znni_cli("plan", "tiny", "--memory", "256MiB", "--extent", "8,8,12", "--json",
+                      "-o", str(plan_file))
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed == json.loads(plan_file.read_text())
+    assert printed["predicted_throughput"] > 0 and printed["peak_bytes"] <= 256 << 20
+    table = znni_cli("plan", "tiny", "--memory", "256MiB", "--device", "xeon-2core")
+    assert table.returncode == 0 and "predicted" in table.stdout and "alternatives" in table.stdout
+    ran = znni_cli("infer", "tiny", "--weights", str(tiny_files["weights"]), "--input",
+                   str(tiny_files["input"]), "--output", str(tiny_files["output"]),
+                   "--plan", str(plan_file))
+    assert ran.returncode == 0, ran.stderr
+    net = znni.load("tiny").with_weights(tiny_files["weights"])
+    expected = forward(net, np.load(tiny_files["input"]))
+    assert relative_error(np.load(tiny_files["output"]), expected) < 1e-4
+
+
+@pytest.mark.parametrize("args,words", [
+    (["plan", "tiny", "--memory", "1KiB"], ["no plan", "raise the memory budget"]),
+    (["plan", "tiny", "--device", "nowhere.json"], ["cannot read device description"]),
+    (["plan", "nonet"], ["nonet"]),
+    (["bench", "tiny", "--sizes", "0"], ["--sizes"]),
+])
+def test_plan_and_bench_errors_are_one_paragraph(args, words) -> None:
+    result = znni_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert all(w in result.stderr for w in words), result.stderr
+
+
+def test_bench_against_torch_reports_a_ratio() -> None:
+    pytest.importorskip("torch")
+    result = znni_cli("bench", "tiny", "--memory", "256MiB", "--sizes", "4,8", "--repeats", "1")
+    assert result.returncode == 0, result.stderr
+    assert "znni / PyTorch" in result.stdout and "torch" in result.stdout

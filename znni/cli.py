@@ -1,4 +1,4 @@
-"""The ``znni`` command line: ``znni infer`` and ``znni demo`` (plan/tune/bench come next).
+"""The ``znni`` command line: ``plan``, ``tune``, ``infer``, ``bench`` and ``demo``.
 
 Every user error becomes one paragraph on stderr and exit status 2; no tracebacks.
 """
@@ -20,6 +20,10 @@ import numpy as np
 from . import __version__, config
 from .errors import ZnniError
 from .planner import Plan
+from .planner.report import format_plan
+from .planner.search import EFFORT_LEVELS
+from .planner.search import plan as search_plan
+from .planner.tuning import EFFORTS
 from .runtime.infer import infer_with_stats
 from .spec import Network, Vec3, bundled_nets, load
 from .synthetic import em_like_volume
@@ -72,22 +76,26 @@ def _read_volume(path: str) -> np.ndarray:
                         "--input must be a .npy array (Z,Y,X) or (C,Z,Y,X)") from None
 
 
-def _write_atomic(path: str, array: np.ndarray) -> None:
-    """Write ``.npy`` via a temporary file and rename: a failed run never clobbers ``path``."""
+def _write_atomic(path: str, write: Callable[[Any], None], suffix: str) -> None:
+    """Write via a temporary file and rename: a failed run never clobbers ``path``."""
     target = Path(path)
-    if target.suffix != ".npy":
-        raise ZnniError(f"output {path!r} must end in .npy", "name the output OUT.npy")
+    if target.suffix != suffix:
+        raise ZnniError(f"output {path!r} must end in {suffix}", f"name it OUT{suffix}")
     if not target.parent.is_dir():
         raise ZnniError(f"output directory {str(target.parent)!r} does not exist",
                         "create it first")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".npy")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
+            write(handle)
         os.replace(tmp, target)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    _write_atomic(path, lambda handle: handle.write(text.encode()), ".json")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -146,7 +154,7 @@ def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
             net, volume, _parse_patch(patch), plan=plan, primitives=primitive,
             threads=_threads(threads),
             memory=None if memory is None else config.parse_bytes(memory))
-        _write_atomic(output_path, out)
+        _write_atomic(output_path, lambda handle: np.save(handle, out), ".npy")
         click.echo(f"wrote {output_path} {list(out.shape)}: {stats.output_voxels} voxels in "
                    f"{stats.seconds:.2f} s ({stats.voxels_per_second:,.0f} voxels/s)")
 
@@ -157,6 +165,116 @@ def _threads(threads: int | None) -> int | None:
     if threads is not None and threads < 1:
         raise ZnniError(f"--threads must be ≥ 1, got {threads}", "omit it to use all cores")
     return threads
+
+
+def _parse_extent(text: str | None) -> Vec3 | None:
+    return None if text is None else _parse_patch(text)
+
+
+@main.command("plan")
+@click.argument("spec")
+@click.option("--memory", default=None, help="Memory budget, e.g. 4GiB (default: 80 % of the "
+              "available RAM).")
+@click.option("--threads", type=int, default=None, help="Threads (default: usable cores).")
+@click.option("--device", "device_path", default=None,
+              help="Plan for the machine described by this JSON file instead of this one.")
+@click.option("--effort", default="estimate", show_default=True,
+              type=click.Choice(list(EFFORT_LEVELS)),
+              help="estimate: cost model; measure/exhaustive: time kernels (tuning records).")
+@click.option("--extent", default=None, help="Output volume Z,Y,X: no patch beyond it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--output", "-o", "output_path", default=None, help="Also write the JSON here.")
+def plan_command(spec: str, memory: str | None, threads: int | None, device_path: str | None,
+                 effort: str, extent: str | None, as_json: bool,
+                 output_path: str | None) -> None:
+    """Search the fastest plan of network SPEC (JSON file or bundled name) within a budget."""
+
+    def run() -> None:
+        net = load(spec)
+        result = search_plan(net, memory, _threads(threads), device_path, effort,
+                             _parse_extent(extent))
+        if output_path is not None:
+            _write_text_atomic(output_path, result.to_json() + "\n")
+        click.echo(result.to_json() if as_json else format_plan(result))
+
+    _run_guarded(run)
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--memory", default=None, help="Memory budget, e.g. 4GiB.")
+@click.option("--threads", type=int, default=None, help="Threads (default: usable cores).")
+@click.option("--effort", default="measure", show_default=True,
+              type=click.Choice(list(EFFORTS)),
+              help="measure: the best candidates' layers; exhaustive: more candidates, every "
+              "primitive, more repetitions.")
+def tune(spec: str, memory: str | None, threads: int | None, effort: str) -> None:
+    """Time candidate primitives of SPEC's best plans on this machine; keep tuning records."""
+
+    def run() -> None:
+        net = load(spec)
+        result = search_plan(net, memory, _threads(threads), None, effort)
+        click.echo(format_plan(result))
+
+    _run_guarded(run)
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--memory", default=None, help="Memory budget, e.g. 4GiB (default: 80 % of the "
+              "available RAM).")
+@click.option("--threads", type=int, default=None, help="Threads (default: usable cores).")
+@click.option("--vs", "versus", default="torch", show_default=True,
+              type=click.Choice(["torch", "none"]), help="Baseline to run alongside.")
+@click.option("--sizes", default="32,48,64", show_default=True,
+              help="Output patch edges for PyTorch and for znni's best plan at each size.")
+@click.option("--repeats", default=3, show_default=True, help="Alternating repetitions.")
+@click.option("--effort", default="estimate", show_default=True,
+              type=click.Choice(list(EFFORT_LEVELS)), help="Planner effort for znni's plans.")
+@click.option("--plot", "plot_path", default=None, help="Write throughput vs patch size (PNG).")
+def bench(spec: str, memory: str | None, threads: int | None, versus: str, sizes: str,
+          repeats: int, effort: str, plot_path: str | None) -> None:
+    """Planned znni vs PyTorch dense inference of SPEC (random weights), same run."""
+
+    def run() -> None:
+        from .benchmark import plot, run_bench
+        from .torch_dense import require_torch
+
+        net = load(spec).random_weights(0)
+        edges = [int(v) for v in sizes.split(",") if v.strip()] if sizes else []
+        if any(e < 1 for e in edges) or repeats < 1:
+            raise ZnniError("--sizes and --repeats must be positive", "e.g. --sizes 32,64")
+        if versus == "torch":
+            require_torch()
+        n_threads = _threads(threads) or config.default_threads()
+        chosen = search_plan(net, memory, n_threads, None, effort)
+        budget = chosen.planning.budget_bytes if chosen.planning else 0
+        others = [search_plan(net, memory, n_threads, None, effort, (e, e, e)) for e in edges]
+        plans = [chosen] + [p for p in others if p.output_patch != chosen.output_patch]
+        result = run_bench(net, plans, n_threads, budget,
+                           edges if versus == "torch" else [], repeats)
+        click.echo(f"{net.name}, {n_threads} threads, budget {budget / 2**30:.2f} GiB, "
+                   f"median of {repeats} alternating runs (dense output voxels/s):")
+        for m, p in zip(result.znni, plans, strict=True):
+            predicted = p.predicted_throughput or 0
+            click.echo(f"  {m.label:<15} patch {'x'.join(map(str, m.output_patch)):<12} batch "
+                       f"{p.batch}: {m.voxels_per_second:>10,.0f}  (predicted {predicted:,.0f}; "
+                       f"peak +{m.peak_bytes / 2**30:.2f} GiB)")
+        for m in result.torch:
+            click.echo(f"  {m.label:<15} patch {'x'.join(map(str, m.output_patch)):<12}        : "
+                       f"{m.voxels_per_second:>10,.0f}  (peak +{m.peak_bytes / 2**30:.2f} GiB)")
+        if versus == "torch":
+            best = result.torch_best
+            if best is None:
+                click.echo("  no PyTorch configuration stayed within the budget")
+            else:
+                click.echo(f"  znni / PyTorch (best within budget: {best.label} "
+                           f"{'x'.join(map(str, best.output_patch))}) = {result.ratio:.2f}x")
+        if plot_path is not None:
+            plot(result, plot_path, f"{net.name}, {n_threads} threads")
+            click.echo(f"  plot: {plot_path}")
+
+    _run_guarded(run)
 
 
 @main.command()

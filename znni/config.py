@@ -26,6 +26,8 @@ KNOBS = {
     "cxx": Knob("ZNNI_CXX", "C++ compiler executable (default g++)", True),
     "cxxflags": Knob("ZNNI_CXXFLAGS", "replaces the default optimisation flags", True),
     "threads": Knob("ZNNI_THREADS", "worker threads per kernel (default: usable cores)", False),
+    "device": Knob("ZNNI_DEVICE", "device description (JSON) to plan with instead of measuring "
+                   "this machine once", False),
     "fftw_effort": Knob("ZNNI_FFTW_EFFORT", "FFTW planner effort: FFTW_ESTIMATE, FFTW_MEASURE "
                         "(default) or FFTW_PATIENT; plans are remembered as wisdom", False),
 }
@@ -39,6 +41,10 @@ def fftw_effort() -> str:
         raise ZnniError(f"ZNNI_FFTW_EFFORT={value!r} is not an FFTW planner effort",
                         f"use one of {', '.join(FFTW_EFFORTS)}")
     return value
+
+
+def device_file() -> str | None:
+    return os.environ.get(KNOBS["device"].env) or None
 
 
 def cache_dir() -> Path:

@@ -1,5 +1,9 @@
-"""Plans: which primitive runs each layer, on which shapes, with how much memory."""
+"""Plans: which primitive runs each layer, on which shapes, with how much memory — and the
+search that picks the fastest one under a memory budget."""
 
-from .plan import LayerPlan, Plan, default_patch, make_plan, network_digest
+from .device import Device, this_machine
+from .plan import Alternative, LayerPlan, Plan, Planning, default_patch, make_plan, network_digest
+from .search import plan
 
-__all__ = ["LayerPlan", "Plan", "default_patch", "make_plan", "network_digest"]
+__all__ = ["Alternative", "Device", "LayerPlan", "Plan", "Planning", "default_patch",
+           "make_plan", "network_digest", "plan", "this_machine"]

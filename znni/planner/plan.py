@@ -11,15 +11,17 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from ..errors import PlanError
 from ..primitives import PRIMITIVES
+from ..primitives.base import FLOAT_BYTES
 from ..spec import Layer, Network, Pool, Shape5, Vec3
 
 PLAN_VERSION = 1
 AUTO = "auto"
+COST_SOURCES = ("model", "measured", "none")
 #: The ``auto`` rule, until the planner's search (issue 4) replaces it: pruned FFT for kernels of
 #: at least AUTO_FFT_MIN_TAPS taps on images of at least AUTO_FFT_MIN_VOXELS voxels with at least
 #: AUTO_FFT_MIN_MAPS input and output maps. The last condition is measured (bench/conv_layers.py,
@@ -72,6 +74,30 @@ class LayerPlan:
     resident_bytes: int
     working_bytes: int
     flops: int
+    seconds: float | None = None   # predicted time of one run (None: not costed)
+    cost: str = "none"             # where ``seconds`` came from: model, measured or none
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """A configuration the planner considered and did not pick, and why."""
+
+    output_patch: Vec3
+    batch: int
+    primitives: tuple[str, ...]
+    predicted_throughput: float | None
+    peak_bytes: int
+    why: str
+
+
+@dataclass(frozen=True)
+class Planning:
+    """How a plan was made: the budget, threads and device it was searched for."""
+
+    budget_bytes: int
+    threads: int
+    device: str
+    effort: str
 
 
 @dataclass(frozen=True)
@@ -82,6 +108,8 @@ class Plan:
     input_patch: Vec3
     batch: int
     layers: tuple[LayerPlan, ...]
+    planning: Planning | None = None
+    alternatives: tuple[Alternative, ...] = ()
 
     @property
     def resident_bytes(self) -> int:
@@ -89,13 +117,35 @@ class Plan:
 
     @property
     def peak_bytes(self) -> int:
-        """Σ resident + max working: each layer frees its input once it has run."""
-        return self.resident_bytes + max(layer.working_bytes for layer in self.layers)
+        """Σ resident + max working (each layer frees its input once it has run), plus the
+        input batch the caller holds throughout and the recombined dense output."""
+        held = FLOAT_BYTES * (math.prod(self.layers[0].input_shape)
+                              + math.prod(self.layers[-1].output_shape))
+        return self.resident_bytes + max(layer.working_bytes for layer in self.layers) + held
+
+    @property
+    def output_voxels(self) -> int:
+        """Dense output voxels per run (all samples of the batch)."""
+        return self.batch * math.prod(self.output_patch)
+
+    @property
+    def predicted_seconds(self) -> float | None:
+        if any(layer.seconds is None for layer in self.layers):
+            return None
+        return sum(layer.seconds for layer in self.layers)  # type: ignore[misc]
+
+    @property
+    def predicted_throughput(self) -> float | None:
+        """Predicted dense output voxels per second."""
+        seconds = self.predicted_seconds
+        return None if not seconds else self.output_voxels / seconds
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["version"] = PLAN_VERSION
         data["peak_bytes"] = self.peak_bytes
+        data["predicted_seconds"] = self.predicted_seconds
+        data["predicted_throughput"] = self.predicted_throughput
         return data
 
     def to_json(self) -> str:
@@ -103,22 +153,33 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], net: Network) -> Plan:
-        """Rebuild and re-validate a (possibly hand-edited) plan for ``net``."""
+        """Rebuild and re-validate a (possibly hand-edited) plan for ``net``: shapes, memory
+        and FLOPs are recomputed; predictions and planning notes are kept as data."""
         if not isinstance(data, Mapping) or data.get("version") != PLAN_VERSION:
             raise PlanError("not a znni plan (missing or unknown 'version')",
-                            "create one with `znni plan` or znni.make_plan")
+                            "create one with `znni plan` or znni.plan")
         if data.get("network_digest") != network_digest(net):
             raise PlanError(f"plan was made for another network than {net.name!r}",
                             "re-plan for this network")
         try:
             patch = tuple(int(v) for v in data["output_patch"])
             batch = int(data["batch"])
-            primitives = {int(layer["index"]): str(layer["primitive"]) for layer in data["layers"]}
+            layers = list(data["layers"])
+            primitives = {int(layer["index"]): str(layer["primitive"]) for layer in layers}
+            costs = {int(layer["index"]): (_optional_seconds(layer.get("seconds")),
+                                           _cost_source(layer.get("cost", "none")))
+                     for layer in layers}
+            planning = (None if data.get("planning") is None
+                        else Planning(**_fields(data["planning"], Planning)))
+            alternatives = tuple(_alternative(a) for a in data.get("alternatives", ()))
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"malformed plan: {exc!r}", "re-create it with `znni plan`") from None
         if len(patch) != 3:
             raise PlanError("plan output_patch must have 3 entries", "use [z, y, x]")
-        return make_plan(net, (patch[0], patch[1], patch[2]), batch, primitives)
+        plan = make_plan(net, (patch[0], patch[1], patch[2]), batch, primitives)
+        layers_out = tuple(replace(lp, seconds=costs[lp.index][0], cost=costs[lp.index][1])
+                           for lp in plan.layers)
+        return replace(plan, layers=layers_out, planning=planning, alternatives=alternatives)
 
     @classmethod
     def from_json(cls, text: str, net: Network) -> Plan:
@@ -128,6 +189,45 @@ class Plan:
             raise PlanError(f"plan is not valid JSON: {exc.msg} at line {exc.lineno}",
                             "fix or re-create the plan file") from None
         return cls.from_dict(data, net)
+
+
+def _optional_seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"seconds must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _cost_source(value: Any) -> str:
+    if value not in COST_SOURCES:
+        raise ValueError(f"cost must be one of {COST_SOURCES}, got {value!r}")
+    return str(value)
+
+
+def _fields(data: Any, cls: type) -> dict[str, Any]:
+    """The dataclass fields of ``cls`` from a JSON object, each checked against its type."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{cls.__name__} must be an object")
+    out = {}
+    for f in fields(cls):
+        value = data[f.name]
+        kind = {"int": int, "str": str}.get(str(f.type))
+        if kind is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise TypeError(f"{cls.__name__}.{f.name} must be {f.type}, got {value!r}")
+        out[f.name] = value
+    return out
+
+
+def _alternative(data: Any) -> Alternative:
+    values = _fields(data, Alternative)
+    patch = tuple(int(v) for v in values["output_patch"])
+    if len(patch) != 3:
+        raise ValueError("alternative output_patch must have 3 entries")
+    return Alternative((patch[0], patch[1], patch[2]), int(values["batch"]),
+                       tuple(str(p) for p in values["primitives"]),
+                       _optional_seconds(values["predicted_throughput"]),
+                       int(values["peak_bytes"]), str(values["why"]))
 
 
 def make_plan(net: Network, output_patch: Vec3, batch: int = 1,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from ..spec import Layer, Shape5
+
+if TYPE_CHECKING:
+    from ..planner.device import Device
 
 FLOAT_BYTES = 4
 
@@ -38,6 +41,10 @@ class Primitive(Protocol):
     def flops(self, layer: Layer, shape_in: Shape5) -> int: ...
 
     def memory(self, layer: Layer, shape_in: Shape5) -> Memory: ...
+
+    def estimate(self, layer: Layer, shape_in: Shape5, device: Device) -> float:
+        """Modelled seconds for one run on ``device`` (the planner's effort=estimate cost)."""
+        ...
 
     def prepare(self, index: int, layer: Layer, shape_in: Shape5,
                 weights: tuple[np.ndarray, np.ndarray] | None, threads: int) -> Step: ...

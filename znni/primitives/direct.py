@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..codegen.loader import KernelModule, default_toolchain, load_kernel
 from ..codegen.render import render
-from ..spec import Conv, Layer, Shape5
+from ..spec import Conv, Layer, Shape5, Vec3
 from .base import FLOAT_BYTES, Memory, padded_empty, tensor_bytes
+
+if TYPE_CHECKING:
+    from ..planner.device import Device
 
 #: SIMD registers kept for accumulators (of 32 with AVX-512, 16 with AVX2).
 _ACC_REGISTERS = {16: 24, 8: 12, 4: 12}
@@ -31,6 +35,25 @@ class RegisterBlock:
     ic: int  # input channels per chunk (the chunk's input rows should stay in L1)
 
 
+def _span(layer: Conv, shape_in: Shape5) -> tuple[Vec3, int]:
+    """Valid output extent and the flat positions the kernel computes (whole rows between the
+    first and the last valid output)."""
+    _, _, nz, ny, nx = shape_in
+    oz, oy, ox = (nz - layer.kernel[0] + 1, ny - layer.kernel[1] + 1, nx - layer.kernel[2] + 1)
+    return (oz, oy, ox), (oz - 1) * ny * nx + (oy - 1) * nx + ox
+
+
+def useful_fraction(layer: Conv, shape_in: Shape5) -> float:
+    """Useful share of the lanes the kernel computes: valid positions of the flat span, times
+    real output channels of the register blocks, times the last vector's filled lanes."""
+    vw = default_toolchain().vector_width
+    block = choose_block(layer, shape_in, vw)
+    out, span = _span(layer, shape_in)
+    lanes = -(-span // (block.xv * vw)) * block.xv * vw
+    channels = -(-layer.out_channels // block.ob) * block.ob
+    return math.prod(out) / lanes * layer.out_channels / channels
+
+
 def choose_block(layer: Conv, shape_in: Shape5, vector_width: int) -> RegisterBlock:
     """Minimise modelled cycles: blocks × segments × cycles per inner iteration.
 
@@ -39,9 +62,7 @@ def choose_block(layer: Conv, shape_in: Shape5, vector_width: int) -> RegisterBl
     overlapped). Padding channels to a multiple of ob and positions to a multiple of xv·V is
     wasted work. Measured on n337 shapes: 5×4 / 6×4 / 8×3 blocks beat 4×2 by ~1.5×.
     """
-    _, _, nz, ny, nx = shape_in
-    oz, oy, ox = (nz - layer.kernel[0] + 1, ny - layer.kernel[1] + 1, nx - layer.kernel[2] + 1)
-    span = (oz - 1) * ny * nx + (oy - 1) * nx + ox
+    _, span = _span(layer, shape_in)
     budget = _ACC_REGISTERS[vector_width]
     best: tuple[float, RegisterBlock] | None = None
     for xv in range(1, 5):
@@ -125,6 +146,14 @@ class DirectConv:
         assert isinstance(layer, Conv)
         out = conv_output_shape(layer, shape_in)
         return 2 * int(np.prod(out)) * layer.in_channels * math.prod(layer.kernel)
+
+    def estimate(self, layer: Layer, shape_in: Shape5, device: Device) -> float:
+        """Seconds: computed lanes at the calibrated direct rate, or streaming the input and
+        output once at the memory bandwidth, whichever is slower (first layers, f = 1)."""
+        assert isinstance(layer, Conv)
+        compute = self.flops(layer, shape_in) / useful_fraction(layer, shape_in)
+        traffic = tensor_bytes(shape_in) + tensor_bytes(conv_output_shape(layer, shape_in))
+        return max(compute / device.direct_flops, traffic / device.bandwidth)
 
     def memory(self, layer: Layer, shape_in: Shape5) -> Memory:
         assert isinstance(layer, Conv)

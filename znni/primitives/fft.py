@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from ..fft.sizes import fft_size
 from ..spec import Conv, Layer, Shape5
 from .base import FLOAT_BYTES, Memory, padded_empty, tensor_bytes
 from .direct import conv_output_shape
+
+if TYPE_CHECKING:
+    from ..planner.device import Device
 
 #: Scratch bytes for one block of kernel spectra. Bigger blocks mean more input maps per MAC
 #: pass, so output spectra cross main memory fewer times (measured: the MAC is bandwidth-bound
@@ -102,6 +106,14 @@ class FftGeometry:
     def planar(self, maps: int) -> np.ndarray:
         """An uninitialised tiled planar spectra array ``(nfp/T, maps, 2, T)``."""
         return np.empty((self.nfp // self.tile, maps, 2, self.tile), np.float32)
+
+
+def _r2c(lines: int, n: int) -> float:
+    return lines * 2.5 * n * math.log2(max(n, 2))
+
+
+def _c2c(lines: int, n: int) -> float:
+    return lines * 5.0 * n * math.log2(max(n, 2))
 
 
 def _l1_block(in_block: int) -> int:
@@ -252,6 +264,36 @@ class FftConv:
         per_transform = 2.5 * volume * math.log2(volume)
         mac = 8 * s * f * layer.out_channels * spectral.complex_elements
         return int(mac + transforms * per_transform)
+
+    def estimate(self, layer: Layer, shape_in: Shape5, device: Device) -> float:
+        """Modelled seconds: the 1D passes each transform really runs (image forwards, cropped
+        inverses, kernel forwards — pruned DFT passes at the MAC rate, FFTW passes at the FFT
+        rate), the MAC (compute- or bandwidth-bound, with the traffic of the chosen chunk and
+        block), and the streaming layout conversions, zero fills and bias/activation pass."""
+        assert isinstance(layer, Conv)
+        g = self._geometry(layer, shape_in)
+        s, f = shape_in[:2]
+        fo, k = layer.out_channels, layer.kernel
+        n0, n1, n2 = g.spectral.size
+        half = g.spectral.half
+        out = conv_output_shape(layer, shape_in)
+        a, b = (shape_in[2], shape_in[3]) if self.pruned else (n0, n1)
+        image = _r2c(a * b, n2) + _c2c(a * half, n1) + _c2c(n1 * half, n0)
+        inverse = _c2c(n1 * half, n0) + _c2c(out[2] * half, n1) + _r2c(out[2] * out[3], n2)
+        kernel_fft, kernel_dft = _r2c(k[0] * k[1], n2), 0.0
+        if self.pruned and prunable(k, g.spectral):
+            kernel_dft = 8.0 * (k[1] * k[0] * n1 * half + k[0] * n0 * n1 * half)
+        else:
+            kz, ky = (k[0], k[1]) if self.pruned else (n0, n1)
+            kernel_fft = _r2c(kz * ky, n2) + _c2c(kz * half, n1) + _c2c(n1 * half, n0)
+        transforms = ((s * f * image + s * fo * inverse + f * fo * kernel_fft) / device.fft_flops
+                      + f * fo * kernel_dft / device.mac_flops)
+        pairs = s * f * fo
+        traffic = 8 * g.nfp * (pairs / g.out_chunk + 2 * pairs / g.in_block + 2 * f * fo)
+        mac = max(8 * pairs * g.nfp / device.mac_flops, traffic / device.bandwidth)
+        streaming = (16 * g.nfp * (s * f + 2 * s * fo)  # to/from planar, zero fills
+                     + 3 * tensor_bytes(out))           # crop copy, bias, activation
+        return transforms + mac + streaming / device.bandwidth
 
     def memory(self, layer: Layer, shape_in: Shape5) -> Memory:
         """Exact buffer accounting of :meth:`FftStep.run` (the input is held by the caller).

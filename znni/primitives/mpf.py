@@ -9,6 +9,7 @@ transpose-copy) that took 23 % of n337's time at a 64³ patch. Fragment
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +17,9 @@ from ..codegen.loader import KernelModule, load_kernel
 from ..codegen.render import render
 from ..spec import Layer, Pool, Shape5, Vec3
 from .base import Memory, padded_empty, tensor_bytes
+
+if TYPE_CHECKING:
+    from ..planner.device import Device
 
 
 def mpf_output_shape(layer: Pool, shape_in: Shape5) -> Shape5:
@@ -62,6 +66,12 @@ class MaxPoolFragments:
     def flops(self, layer: Layer, shape_in: Shape5) -> int:
         assert isinstance(layer, Pool)
         return int(np.prod(shape_in)) * sum(p - 1 for p in layer.window)
+
+    def estimate(self, layer: Layer, shape_in: Shape5, device: Device) -> float:
+        """Seconds: one streaming pass, input read and output written at memory bandwidth."""
+        assert isinstance(layer, Pool)
+        traffic = tensor_bytes(shape_in) + tensor_bytes(mpf_output_shape(layer, shape_in))
+        return traffic / device.bandwidth
 
     def memory(self, layer: Layer, shape_in: Shape5) -> Memory:
         assert isinstance(layer, Pool)

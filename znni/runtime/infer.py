@@ -12,16 +12,14 @@ import numpy as np
 from .. import config
 from ..errors import PlanError
 from ..planner.plan import Plan, PrimitiveChoice, default_patch, make_plan
+from ..planner.search import default_budget
+from ..planner.search import plan as search_plan
 from ..spec import Network, Vec3
 from .executor import CompiledPlan
 from .tiling import tiles
 from .volume import as_volume
 
 log = logging.getLogger("znni")
-
-#: Fraction of available RAM a default plan may use (the rest: input/output volumes, Python).
-DEFAULT_BUDGET_FRACTION = 0.5
-
 
 @dataclass(frozen=True)
 class InferStats:
@@ -40,12 +38,26 @@ def output_extent(net: Network, volume_shape: tuple[int, ...]) -> Vec3:
     return (z - fov[0] + 1, y - fov[1] + 1, x - fov[2] + 1)
 
 
-def plan_for_volume(net: Network, extent: Vec3, patch: Vec3 | None,
-                    memory: int | None, primitives: PrimitiveChoice = None) -> Plan:
+#: Bytes of the process itself (interpreter, numpy, FFTW, cffi) kept out of the plan's budget.
+PROCESS_BYTES = 128 << 20  # measured ~75 MiB after a small run, doubled
+
+
+def plan_for_volume(net: Network, extent: Vec3, patch: Vec3 | None, memory: int | None,
+                    primitives: PrimitiveChoice = None, threads: int | None = None,
+                    held_bytes: int = 0) -> Plan:
+    """The plan for a volume of output ``extent``. With a patch or a fixed primitive choice:
+    that patch (default: the largest fitting) and choice; otherwise the planner's search.
+    ``held_bytes`` (the volumes in RAM) and the process itself come out of the budget."""
+    budget = memory if memory is not None else default_budget()
+    room = budget - held_bytes - PROCESS_BYTES
+    if room <= 0:
+        raise PlanError(f"the memory budget of {budget / 2**30:.2f} GiB does not even hold the "
+                        f"input and output volumes ({held_bytes / 2**30:.2f} GiB) and znni itself",
+                        "raise --memory, or process the volume in pieces")
+    if patch is None and primitives in (None, "auto"):
+        return search_plan(net, room, threads, extent=extent)
     if patch is None:
-        budget = memory if memory is not None else int(config.available_memory()
-                                                       * DEFAULT_BUDGET_FRACTION)
-        patch = default_patch(net, extent, budget, primitives)
+        patch = default_patch(net, extent, room, primitives)
     return make_plan(net, patch, 1, primitives)
 
 
@@ -56,11 +68,13 @@ def infer(net: Network, volume: np.ndarray, patch: Vec3 | None = None, *,
     """Dense output ``(C_out, Z−FOVz+1, Y−FOVy+1, X−FOVx+1)`` of ``net`` on ``volume``.
 
     ``volume`` is ``(Z, Y, X)`` or ``(C, Z, Y, X)``; float32 is used as is, uint8/uint16 scaled
-    to [0, 1]. ``patch`` is the dense output patch per axis (multiples of the fragmentation);
-    by default the largest one the volume needs that fits ``memory`` bytes (default: half the
-    available RAM). ``primitives``: ``"auto"`` (default), one name for every conv layer
-    (``"direct"``, ``"fft"``, ``"fft-pruned"``, ``"fft-data"``, ``"fft-pruned-data"``) or a
-    ``{layer index: name}`` mapping. A saved ``plan`` fixes patch and primitives instead.
+    to [0, 1]. By default the planner searches output patch, batch and per-layer primitives for
+    the highest throughput within ``memory`` bytes (default: 80 % of the available RAM), less
+    the volumes held in RAM. ``patch`` (multiples of the fragmentation) or ``primitives`` —
+    one name for every conv layer (``"direct"``, ``"fft"``, ``"fft-pruned"``, ``"fft-data"``,
+    ``"fft-pruned-data"``) or a ``{layer index: name}`` mapping — fix those instead (the rest
+    by the simple ``auto`` rule, the patch as the largest that fits). A saved ``plan`` fixes
+    everything.
     """
     return infer_with_stats(net, volume, patch, plan=plan, primitives=primitives,
                             threads=threads, memory=memory, progress=progress)[0]
@@ -74,29 +88,33 @@ def infer_with_stats(net: Network, volume: np.ndarray, patch: Vec3 | None = None
     net.require_weights()
     vol = as_volume(volume, net)
     extent = output_extent(net, vol.shape)
+    out_bytes = 4 * net.output_channels * int(np.prod(extent))
     if plan is None:
         plan = plan_for_volume(net, extent, None if patch is None else net.check_patch(patch),
-                               memory, primitives)
-    elif plan.batch != 1:
-        raise PlanError("in-memory inference runs plans with batch 1", "re-plan with batch=1")
+                               memory, primitives, threads, held_bytes=vol.nbytes + out_bytes)
     compiled = CompiledPlan(plan, net, threads or config.default_threads())
     start = time.perf_counter()
     out = np.empty((net.output_channels, *extent), np.float32)
-    in_patch, out_patch = plan.input_patch, plan.output_patch
-    all_tiles = list(tiles(extent, out_patch))
+    in_patch = plan.input_patch
+    all_tiles = list(tiles(extent, plan.output_patch))
     buf = compiled.new_input()
-    for done, tile in enumerate(all_tiles, 1):
-        src = tuple(slice(tile.start[a], min(tile.start[a] + in_patch[a], vol.shape[1 + a]))
-                    for a in range(3))
-        region = vol[(slice(None), *src)]
-        if region.shape[1:] != in_patch:
-            buf.fill(0)  # zero-pad beyond the volume (only patches at the far edge)
-        buf[0][(slice(None), *(slice(0, n) for n in region.shape[1:]))] = region
-        dense = compiled.run(buf)[0]
-        dst = tuple(slice(tile.start[a], tile.start[a] + tile.size[a]) for a in range(3))
-        out[(slice(None), *dst)] = dense[(slice(None), *(slice(0, n) for n in tile.size))]
+    for first in range(0, len(all_tiles), plan.batch):
+        group = all_tiles[first:first + plan.batch]
+        for sample, tile in enumerate(group):
+            src = tuple(slice(tile.start[a], min(tile.start[a] + in_patch[a], vol.shape[1 + a]))
+                        for a in range(3))
+            region = vol[(slice(None), *src)]
+            if region.shape[1:] != in_patch:
+                buf[sample].fill(0)  # zero-pad beyond the volume (patches at the far edge)
+            buf[sample][(slice(None), *(slice(0, n) for n in region.shape[1:]))] = region
+        dense = compiled.run(buf)  # a short last group leaves stale samples: ignored
+        for sample, tile in enumerate(group):
+            dst = tuple(slice(tile.start[a], tile.start[a] + tile.size[a]) for a in range(3))
+            out[(slice(None), *dst)] = dense[sample][(slice(None),
+                                                      *(slice(0, n) for n in tile.size))]
         if progress is not None:
-            progress(done, len(all_tiles))
+            progress(first + len(group), len(all_tiles))
     seconds = time.perf_counter() - start
-    log.info("inferred %d patches of %s in %.2f s", len(all_tiles), list(out_patch), seconds)
+    log.info("inferred %d patches of %s (batch %d) in %.2f s", len(all_tiles),
+             list(plan.output_patch), plan.batch, seconds)
     return out, InferStats(seconds, int(np.prod(extent)), len(all_tiles))

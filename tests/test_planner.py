@@ -1,0 +1,187 @@
+"""The planner: search within a budget, plans as exact JSON, device descriptions, tuning records,
+batched plans at run time, and the PyTorch dense forms the benchmarks compare against."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import znni
+from znni.errors import PlanError
+from znni.planner import Device, Plan, make_plan, plan
+from znni.planner import search as search_module
+from znni.planner.tuning import TuningRecords
+from znni.reference import forward
+
+from .conftest import random_volume, relative_error
+
+DEVICE = "xeon-2core"  # the bundled example description (also ZNNI_DEVICE in conftest)
+GIB = 2 ** 30
+
+
+@pytest.mark.parametrize("name", ["n337", "n537", "n726", "n926"])
+def test_plans_fit_their_budget_and_round_trip_exactly(name: str) -> None:
+    net = znni.load(name)
+    previous_peak = None
+    for budget in (8 * GIB, 4 * GIB):
+        p = plan(net, budget, device=DEVICE)
+        assert p.peak_bytes <= budget
+        if previous_peak is not None:
+            assert p.peak_bytes <= previous_peak  # a smaller budget never plans more memory
+        previous_peak = p.peak_bytes
+        text = p.to_json()
+        data = json.loads(text)
+        assert data["predicted_throughput"] > 0 and data["peak_bytes"] == p.peak_bytes
+        assert all(layer["seconds"] > 0 and layer["cost"] == "model" for layer in data["layers"])
+        assert data["planning"]["budget_bytes"] == budget
+        assert data["alternatives"], "the plan explains what it did not pick"
+        again = Plan.from_json(text, net)
+        assert again == p and again.to_json() == text
+
+
+def test_budget_strings_and_impossible_budgets() -> None:
+    net = znni.load("n337")
+    assert plan(net, "512MiB", device=DEVICE).peak_bytes <= 512 << 20
+    with pytest.raises(PlanError, match="no plan .* fits") as info:
+        plan(net, "1MiB", device=DEVICE)
+    assert "raise the memory budget" in info.value.hint
+    with pytest.raises(znni.ZnniError, match="cannot read memory size"):
+        plan(net, "lots", device=DEVICE)
+    with pytest.raises(PlanError, match="unknown effort"):
+        plan(net, "1GiB", device=DEVICE, effort="guess")
+
+
+def test_extent_caps_the_patch() -> None:
+    net = znni.load("n337")
+    p = plan(net, 4 * GIB, device=DEVICE, extent=(10, 30, 17))
+    assert p.output_patch == (16, 32, 24)  # each axis rounded up to the fragmentation, no more
+
+
+def test_planned_run_equals_reference_and_batches_tiles() -> None:
+    net = znni.load("tiny").random_weights(7)
+    fov = net.fov
+    volume = random_volume((fov[0] + 9, fov[1] + 5, fov[2] + 11), seed=8)
+    ref = forward(net, volume)
+    for batch in (1, 2, 3):  # 3 patches of 4³ per axis... the last group is short
+        p = make_plan(net, (4, 4, 4), batch)
+        assert relative_error(znni.infer(net, volume, plan=p), ref) < 1e-4
+    planned = znni.infer(net, volume, memory=512 << 20)  # the search, within 512 MiB
+    assert relative_error(planned, ref) < 1e-4
+
+
+def test_hand_edited_plan_is_revalidated() -> None:
+    net = znni.load("n337")
+    data = plan(net, GIB, device=DEVICE).to_dict()
+    data["layers"][2]["primitive"] = "direct"
+    data["layers"][2]["working_bytes"] = 1  # recomputed, not trusted
+    edited = Plan.from_dict(data, net)
+    assert edited.layers[2].primitive == "direct" and edited.layers[2].working_bytes > 1
+    data["layers"][2]["seconds"] = "fast"
+    with pytest.raises(PlanError, match="malformed plan"):
+        Plan.from_dict(data, net)
+    data["layers"][2]["seconds"] = 1.0
+    data["alternatives"] = [{"output_patch": [8, 8], "batch": 1}]
+    with pytest.raises(PlanError, match="malformed plan"):
+        Plan.from_dict(data, net)
+
+
+def _device_dict() -> dict:
+    return Device.load(DEVICE).to_dict()
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda d: d.pop("bandwidth"), "missing 'bandwidth'"),
+    (lambda d: d.update(mac_flops=-1), "'mac_flops' must be a positive number"),
+    (lambda d: d.update(threads="two"), "'threads' must be a positive number"),
+    (lambda d: d.update(version=7), "not a znni device description"),
+    (lambda d: d.update(kind="tpu"), "kind 'tpu' is not supported"),
+])
+def test_bad_device_descriptions(tmp_path, edit, match) -> None:
+    data = _device_dict()
+    edit(data)
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(PlanError, match=match):
+        Device.load(path)
+    path.write_text("{not json")
+    with pytest.raises(PlanError, match="not valid JSON"):
+        Device.load(path)
+    with pytest.raises(PlanError, match="cannot read device description"):
+        Device.load(tmp_path / "missing.json")
+
+
+def test_a_slower_device_predicts_less_and_plans_alike() -> None:
+    net = znni.load("n726")
+    fast = Device.load(DEVICE)
+    slow_data = fast.to_dict() | {k: fast.to_dict()[k] / 4 for k in (
+        "direct_flops", "mac_flops", "fft_flops", "bandwidth", "peak_flops")}
+    slow = Device.from_dict(slow_data)
+    a, b = plan(net, 4 * GIB, device=fast), plan(net, 4 * GIB, device=slow)
+    assert math.isclose(a.predicted_throughput, 4 * b.predicted_throughput, rel_tol=1e-6)
+
+
+@pytest.fixture
+def records(tmp_path, monkeypatch) -> TuningRecords:
+    store = TuningRecords(tmp_path / "tuning.json")
+    monkeypatch.setattr(search_module, "TuningRecords", lambda: TuningRecords(store.path))
+    return store
+
+
+def test_measure_effort_records_every_candidate_and_reuses_them(records, monkeypatch) -> None:
+    net = znni.load("tiny")
+    first = plan(net, 64 << 20, effort="measure")
+    stored = json.loads(records.path.read_text())
+    assert stored and all(r["effort"] == "measure" and len(r["times"]) == 3
+                          for r in stored.values())
+    assert {json.loads(k)[2] for k in stored} >= {"direct", "mpf"}
+    assert any(lp.cost == "measured" for lp in first.layers)
+
+    def no_more(*args, **kwargs):
+        raise AssertionError("a recorded timing was measured again")
+
+    monkeypatch.setattr(search_module, "measure", no_more)
+    again = plan(net, 64 << 20, effort="measure")
+    assert again.layers == first.layers
+    with pytest.raises(AssertionError, match="measured again"):
+        plan(net, 64 << 20, effort="exhaustive")  # needs more rigour than was recorded
+
+
+def test_damaged_records_are_set_aside(records) -> None:
+    records.path.write_text("{half a file")
+    net = znni.load("tiny")
+    p = plan(net, 64 << 20, effort="measure")
+    assert p.predicted_throughput > 0
+    assert records.path.with_name("tuning.json.damaged").exists()
+    assert json.loads(records.path.read_text())
+
+
+def test_measuring_needs_this_machine() -> None:
+    with pytest.raises(PlanError, match="times kernels on this machine"):
+        plan(znni.load("tiny"), GIB, device=DEVICE, effort="measure")
+
+
+@pytest.mark.parametrize("name", ["tiny", "aniso2d3d"])
+@pytest.mark.parametrize("form", ["dilated", "mpf"])
+def test_torch_dense_forms_equal_the_reference(name: str, form: str) -> None:
+    pytest.importorskip("torch")
+    from znni.torch_dense import TorchDense
+
+    net = znni.load(name).random_weights(5)
+    fov = net.fov
+    volume = random_volume((net.input_channels, fov[0] + 6, fov[1] + 3, fov[2] + 5), seed=6)
+    out = TorchDense(net, form, threads=1)(volume)
+    assert relative_error(out, forward(net, volume)) < 1e-4
+
+
+def test_calibration_measures_positive_rates() -> None:
+    from znni.planner.calibrate import calibrate
+
+    device = calibrate(1)
+    assert device.threads == 1 and device.memory_bytes > 0
+    for rate in (device.peak_flops, device.direct_flops, device.mac_flops, device.fft_flops,
+                 device.bandwidth):
+        assert rate > 0 and np.isfinite(rate)
+    assert device.direct_flops < 1.5 * device.peak_flops

@@ -1,0 +1,170 @@
+"""``znni bench``: znni's planned dense throughput against PyTorch's, same machine, same run.
+
+Both run the same network and weights on the same synthetic EM-like volume. Runs alternate —
+znni, then each PyTorch configuration, repeated — so machine noise hits both alike; medians are
+reported. PyTorch runs each requested output patch size in its faster dense form (max filter +
+dilated convs, or MPF); its peak memory is sampled, and its best configuration within the
+budget is the baseline. Throughput is dense output voxels per second of one patch (batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import psutil
+
+from .planner.plan import Plan
+from .runtime.executor import CompiledPlan
+from .spec import Network, Vec3
+from .synthetic import em_like_volume
+from .torch_dense import FORMS, TorchDense
+
+log = logging.getLogger("znni")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    label: str
+    output_patch: Vec3
+    voxels_per_second: float   # median over repetitions
+    seconds: tuple[float, ...]
+    peak_bytes: int            # peak RSS growth while it ran (sampled)
+
+
+@contextmanager
+def rss_peak() -> Iterator[Callable[[], int]]:
+    """Sample this process's RSS every 5 ms; yields a getter of the peak growth in bytes."""
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.005):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield lambda: peak[0] - base
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _Runner:
+    """One configuration: ``run()`` times one dense forward; the sampled peak is kept."""
+
+    def __init__(self, label: str, patch: Vec3, voxels: int, fn: Callable[[], object]) -> None:
+        self.label, self.patch, self.voxels, self.fn = label, patch, voxels, fn
+        self.times: list[float] = []
+        self.peak = 0
+
+    def run(self) -> None:
+        with rss_peak() as peak:
+            start = time.perf_counter()
+            self.fn()
+            self.times.append(time.perf_counter() - start)
+        self.peak = max(self.peak, peak())
+
+    def result(self) -> Measurement:
+        median = statistics.median(self.times)
+        return Measurement(self.label, self.patch, self.voxels / median, tuple(self.times),
+                           self.peak)
+
+
+def _znni_runner(net: Network, plan: Plan, threads: int, label: str) -> _Runner:
+    compiled = CompiledPlan(plan, net, threads)
+    x = compiled.new_input()
+    volume = em_like_volume(plan.input_patch, seed=0) / np.float32(255)
+    x[:] = volume
+    return _Runner(label, plan.output_patch, plan.output_voxels, lambda: compiled.run(x))
+
+
+def _torch_runners(net: Network, sizes: list[int], threads: int) -> list[_Runner]:
+    runners = []
+    fov = net.fov
+    for size in sizes:
+        shape = (size + fov[0] - 1, size + fov[1] - 1, size + fov[2] - 1)
+        volume = (em_like_volume(shape, seed=0) / np.float32(255))[None]
+        for form in FORMS:
+            model = TorchDense(net, form, threads)
+            runners.append(_Runner(f"torch {form}", (size, size, size), size ** 3,
+                                   lambda m=model, v=volume: m(v)))
+    return runners
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    znni: list[Measurement]      # the planned configuration first, then other patch sizes
+    torch: list[Measurement]
+    budget: int
+
+    @property
+    def torch_best(self) -> Measurement | None:
+        """PyTorch's fastest configuration whose peak stayed within the budget."""
+        fitting = [m for m in self.torch if m.peak_bytes <= self.budget]
+        return max(fitting, key=lambda m: m.voxels_per_second, default=None)
+
+    @property
+    def ratio(self) -> float | None:
+        best = self.torch_best
+        return None if best is None else self.znni[0].voxels_per_second / best.voxels_per_second
+
+
+def run_bench(net: Network, plans: list[Plan], threads: int, budget: int, torch_sizes: list[int],
+              repeats: int, warmup: int = 1) -> BenchResult:
+    """Time ``plans`` (the chosen one first) and PyTorch at ``torch_sizes``, alternating."""
+    znni_runners = [_znni_runner(net, p, threads, "znni" if i == 0 else "znni candidate")
+                    for i, p in enumerate(plans)]
+    torch_runners = _torch_runners(net, torch_sizes, threads) if torch_sizes else []
+    everything = znni_runners + torch_runners
+    for runner in everything:  # warm-up: FFTW plans, oneDNN primitives, page faults
+        for _ in range(warmup):
+            runner.fn()
+    for r in range(repeats):
+        for runner in everything:
+            runner.run()
+            log.info("repeat %d: %s %s: %.2f s", r + 1, runner.label, runner.patch,
+                     runner.times[-1])
+    # per size, PyTorch's faster form only
+    torch_best: dict[Vec3, Measurement] = {}
+    for m in (runner.result() for runner in torch_runners):
+        if m.output_patch not in torch_best or (m.voxels_per_second
+                                                > torch_best[m.output_patch].voxels_per_second):
+            torch_best[m.output_patch] = m
+    return BenchResult([runner.result() for runner in znni_runners], list(torch_best.values()),
+                       budget)
+
+
+def plot(result: BenchResult, path: str, title: str) -> None:
+    """Throughput vs output patch edge for znni's candidates and PyTorch (matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from .errors import ZnniError
+
+        raise ZnniError("--plot needs matplotlib", "pip install matplotlib") from None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, ms, marker in (("znni", result.znni, "o"), ("PyTorch", result.torch, "s")):
+        pts = sorted((round(np.cbrt(np.prod(m.output_patch))), m.voxels_per_second) for m in ms)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker=marker, label=label)
+    ax.set_xlabel("output patch edge (voxels, cube root of volume)")
+    ax.set_ylabel("dense output voxels / s")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

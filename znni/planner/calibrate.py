@@ -1,0 +1,143 @@
+"""Measure this machine's :class:`~znni.planner.device.Device` rates with small probes.
+
+Each probe runs znni's own kernels (same toolchain, same flags) on a shape chosen to isolate one
+rate: an FMA loop (peak), a cache-friendly direct conv, an in-cache spectral MAC, batched FFTW
+transforms, and a copy larger than the last-level cache. Medians of a few runs; ~3 s in all once
+the probe kernels are compiled (they are cached like every kernel).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import psutil
+
+from ..codegen.loader import default_toolchain, load_kernel
+from ..fft.pruned import SpectralShape, forward_unpruned
+from ..spec import Conv
+from .device import Device, cpu_model
+
+_PEAK_SOURCE = """
+#include "znni_abi.h"
+typedef float vf __attribute__((vector_size(VW * sizeof(float))));
+extern "C" int znni_abi_version(void) { return ZNNI_ABI_VERSION; }
+extern "C" long znni_input_slack(void) { return 0; }
+// output[0] += a checksum so the loop cannot be optimised away; batch = iterations / 1000.
+extern "C" int znni_layer_forward(const float *, float *output, const float *, const float *,
+                                  int batch, int threads) {
+#pragma omp parallel num_threads(threads)
+  {
+    vf acc[24];
+    for (int i = 0; i < 24; ++i) acc[i] = vf{} + (float)i;
+    const vf a = vf{} + 0.999999f, b = vf{} + 1e-7f;
+    for (long it = 0; it < (long)batch * 1000; ++it)
+#pragma GCC unroll 24
+      for (int i = 0; i < 24; ++i) acc[i] = acc[i] * a + b;
+    float sum = 0;
+    for (int i = 0; i < 24; ++i) for (int l = 0; l < VW; ++l) sum += acc[i][l];
+#pragma omp atomic
+    output[0] += sum;
+  }
+  return 0;
+}
+"""
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_flops(threads: int, repeats: int = 5, kilo_iterations: int = 5000) -> float:
+    """FLOP/s of ``threads`` threads each issuing 24 independent FMA chains."""
+    toolchain = default_toolchain()
+    vw = toolchain.vector_width
+    module = load_kernel(f"#define VW {vw}\n{_PEAK_SOURCE}", "peak FLOP/s probe", toolchain)
+    ffi = module.ffi
+    out = ffi.new("float[1]")
+    flops = 2 * 24 * vw * kilo_iterations * 1000 * threads
+    seconds = median_seconds(lambda: module.lib.znni_layer_forward(
+        ffi.NULL, out, ffi.NULL, ffi.NULL, kilo_iterations, threads), repeats)
+    return flops / seconds
+
+
+def _conv_rate(primitive: str, layer: Conv, shape: tuple[int, int, int, int, int],
+               threads: int, work: Callable[[object], float]) -> float:
+    from ..primitives import PRIMITIVES
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((layer.out_channels, layer.in_channels, *layer.kernel),
+                            dtype=np.float32)
+    step = PRIMITIVES[primitive].prepare(0, layer, shape, (w, np.zeros(layer.out_channels,
+                                                                       np.float32)), threads)
+    x = rng.random(shape, dtype=np.float32)
+    return work(step) / median_seconds(lambda: step.run(x, 0), 5)
+
+
+def direct_flops(threads: int) -> float:
+    """Computed-lane FLOP/s of the direct kernel (useful FLOPs ÷ useful-lane fraction)."""
+    from ..primitives.direct import useful_fraction
+
+    layer = Conv(32, 32, (3, 3, 3), "relu")
+    shape = (1, 32, 34, 34, 34)
+    flops = 2 * 32 * 32 * 27 * 32 ** 3
+    return _conv_rate("direct", layer, shape, threads,
+                      lambda _: flops / useful_fraction(layer, shape))
+
+
+def mac_flops(threads: int) -> float:
+    """Spectral MAC FLOP/s with its spectra in cache (8 FLOPs per complex multiply-add)."""
+    from ..primitives.fft import FftGeometry, mac_source
+
+    layer = Conv(64, 64, (3, 3, 3), "relu")
+    shape = (8, 64, 8, 8, 8)
+    g = FftGeometry.of(layer, shape, True, default_toolchain().vector_width)
+    module = load_kernel(mac_source(layer, g), "MAC probe")
+    x, out = g.planar(8 * 64), g.planar(8 * g.out_chunk)
+    k = g.planar(g.out_chunk * g.in_block)
+    for a in (x, out, k):
+        a.fill(0.5)
+    flops = 8 * 8 * g.out_chunk * g.in_block * g.nfp
+    calls = 20
+    seconds = median_seconds(
+        lambda: [module.forward(x, out, threads, k, batch=8) for _ in range(calls)], 5)
+    return calls * flops / seconds
+
+
+def fft_flops(threads: int) -> float:
+    """FFTW r2c rate on a batch larger than the last-level cache, as in a layer
+    (2.5·N·log2 N FLOPs per transform)."""
+    shape = SpectralShape((64, 64, 64))
+    batch = 64
+    x = np.random.default_rng(0).random((batch, 64, 64, 64), dtype=np.float32)
+    out = shape.buffer(batch)
+    n = 64 ** 3
+    seconds = median_seconds(lambda: forward_unpruned(x, shape, threads, out=out), 3)
+    return batch * 2.5 * n * np.log2(n) / seconds
+
+
+def bandwidth(threads: int) -> float:
+    """Read + write bytes/s of a copy twice the size of a large last-level cache."""
+    a = np.ones(1 << 26, np.float32)  # 256 MiB
+    b = np.empty_like(a)
+    return 2 * a.nbytes / median_seconds(lambda: np.copyto(b, a), 3)
+
+
+def calibrate(threads: int) -> Device:
+    """Measure every rate of this machine for ``threads`` threads."""
+    return Device(
+        name=f"{cpu_model()} ({threads} threads)", threads=threads,
+        memory_bytes=int(psutil.virtual_memory().total),
+        peak_flops=peak_flops(threads), direct_flops=direct_flops(threads),
+        mac_flops=mac_flops(threads), fft_flops=fft_flops(threads),
+        bandwidth=bandwidth(threads))

@@ -1,0 +1,42 @@
+"""A plan as a readable table (``znni plan`` without ``--json``)."""
+
+from __future__ import annotations
+
+from .plan import Plan
+
+GIB = 2 ** 30
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _rate(voxels_per_second: float | None) -> str:
+    return "-" if voxels_per_second is None else f"{voxels_per_second:,.0f} voxels/s"
+
+
+def format_plan(plan: Plan) -> str:
+    lines = [(f"network {plan.network}: output patch {_shape(plan.output_patch)} "
+              f"(input {_shape(plan.input_patch)}), batch {plan.batch}")]
+    if plan.planning is not None:
+        p = plan.planning
+        lines.append(f"planned for {p.device}, {p.threads} threads, budget "
+                     f"{p.budget_bytes / GIB:.2f} GiB, effort {p.effort}")
+    lines.append(f"predicted {_rate(plan.predicted_throughput)}, peak memory "
+                 f"{plan.peak_bytes / GIB:.2f} GiB")
+    lines.append("")
+    lines.append(f"{'layer':>5} {'kind':<5} {'primitive':<16} {'input (S,C,Z,Y,X)':<24} "
+                 f"{'working':>10} {'seconds':>9} {'cost':<8}")
+    for lp in plan.layers:
+        seconds = "-" if lp.seconds is None else f"{lp.seconds:.3f}"
+        lines.append(f"{lp.index:>5} {lp.kind:<5} {lp.primitive:<16} "
+                     f"{_shape(lp.input_shape):<24} {lp.working_bytes / GIB:>6.2f} GiB "
+                     f"{seconds:>9} {lp.cost:<8}")
+    if plan.alternatives:
+        lines.append("")
+        lines.append("alternatives considered:")
+        for alt in plan.alternatives:
+            lines.append(f"  patch {_shape(alt.output_patch)}, batch {alt.batch}: "
+                         f"{_rate(alt.predicted_throughput)}, "
+                         f"{alt.peak_bytes / GIB:.2f} GiB — {alt.why}")
+    return "\n".join(lines)
