@@ -56,14 +56,17 @@ def test_generated_sources_compile_warning_free(net_name, tmp_path) -> None:
                else mpf_source(layer, lp.input_shape))
         sources = [src]
         if isinstance(layer, Conv):
-            geometry = FftGeometry.of(layer, lp.input_shape, True, tc.vector_width)
-            sources.append(mac_source(layer, geometry))
-            m = geometry.spectral.size[1] * geometry.spectral.half
-            for planar in (0, 1):
-                sources.append(render("pruned_dft.cpp.j2", {
-                    "n": geometry.spectral.size[0], "a": layer.kernel[0], "m": m,
-                    "vector_width": tc.vector_width, "planar": planar, "nfp": geometry.nfp,
-                    "tile": geometry.tile}))
+            for pruned in (True, False):  # fused (pruned) and plain spectral MAC
+                geometry = FftGeometry.of(layer, lp.input_shape, True, pruned, tc.vector_width)
+                sources.append(mac_source(layer, geometry))
+                for to_planar in (0, 1):
+                    sources.append(render("spectral_layout.cpp.j2", {
+                        "planes": geometry.spectral.size[0], "plane": geometry.plane,
+                        "tile": geometry.tile, "to_planar": to_planar,
+                        "scale_denominator": 1}))
+            sources.append(render("pruned_dft.cpp.j2", {
+                "n": geometry.spectral.size[0], "a": layer.kernel[0], "m": geometry.plane,
+                "vector_width": tc.vector_width}))
         for j, text in enumerate(sources):
             path = tmp_path / f"l{lp.index}_{j}.cpp"
             path.write_text(text)

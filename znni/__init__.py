@@ -14,6 +14,9 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .errors import ZnniError
+from .runtime.allocator import keep_freed_memory
+
+keep_freed_memory()
 from .planner import Plan, make_plan
 from .runtime.infer import infer
 from .spec import Network, bundled_nets, load

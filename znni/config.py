@@ -26,6 +26,10 @@ KNOBS = {
     "cxx": Knob("ZNNI_CXX", "C++ compiler executable (default g++)", True),
     "cxxflags": Knob("ZNNI_CXXFLAGS", "replaces the default optimisation flags", True),
     "threads": Knob("ZNNI_THREADS", "worker threads per kernel (default: usable cores)", False),
+    "keep_freed_memory": Knob("ZNNI_KEEP_FREED_MEMORY", "1: keep freed buffers in the process "
+                              "for reuse (FFT layers 15-25 % faster, but heap fragmentation "
+                              "can lift peak RSS ~20-35 % above the plan); 0 (default): return "
+                              "them to the OS", False),
     "device": Knob("ZNNI_DEVICE", "device description (JSON) to plan with instead of measuring "
                    "this machine once", False),
     "fftw_effort": Knob("ZNNI_FFTW_EFFORT", "FFTW planner effort: FFTW_ESTIMATE, FFTW_MEASURE "
@@ -41,6 +45,10 @@ def fftw_effort() -> str:
         raise ZnniError(f"ZNNI_FFTW_EFFORT={value!r} is not an FFTW planner effort",
                         f"use one of {', '.join(FFTW_EFFORTS)}")
     return value
+
+
+def keep_freed_memory() -> bool:
+    return os.environ.get(KNOBS["keep_freed_memory"].env, "0").strip() in ("1", "true", "yes")
 
 
 def device_file() -> str | None:

@@ -115,36 +115,32 @@ def _gemm_worthy(extent: int, n: int) -> bool:
 
 
 @cache
-def _dft_table(n: int, extent: int) -> np.ndarray:
+def dft_table(n: int, extent: int) -> np.ndarray:
     """Re and Im of the first ``extent`` columns of the n-point DFT matrix, ``(2, n, extent)``."""
     m = np.arange(n)[:, None] * np.arange(extent)[None, :]
     angle = -2 * np.pi * (m % n) / n
     return np.ascontiguousarray(np.stack([np.cos(angle), np.sin(angle)]).astype(np.float32))
 
 
-def _pruned_dft(x: np.ndarray, n: int, out: np.ndarray, threads: int,
-                planar_scale: float | None = None) -> None:
+def _pruned_dft(x: np.ndarray, n: int, out: np.ndarray, threads: int) -> None:
     """``out[b, m, c] = Σ_t DFT_n[m, t] · x[b, t, c]`` for complex ``x`` ``(B, A, M)`` by a
     generated kernel (numpy's matmul here ran its own BLAS thread pool, which fought FFTW's and
-    OpenMP's threads on 2 cores: 2–5× slower in the same pipeline). With ``planar_scale`` the
-    result, times that factor, goes to a tiled planar float32 ``out`` ``(nfp/T, B, 2, T)``."""
+    OpenMP's threads on 2 cores: 2–5× slower in the same pipeline)."""
     from ..codegen.loader import default_toolchain, load_kernel
     from ..codegen.render import render
 
     _, a, m = x.shape
-    planar = planar_scale is not None
     toolchain = default_toolchain()
-    source = render("pruned_dft.cpp.j2", {
-        "n": n, "a": a, "m": m, "vector_width": toolchain.vector_width, "planar": int(planar),
-        "nfp": out.shape[0] * out.shape[-1] if planar else n * m,
-        "tile": out.shape[-1] if planar else 1})
+    source = render("pruned_dft.cpp.j2", {"n": n, "a": a, "m": m,
+                                          "vector_width": toolchain.vector_width})
     module = load_kernel(source, f"pruned DFT {a}->{n} x {m}", toolchain)
-    table = _dft_table(n, a) if not planar else _dft_table(n, a) * np.float32(planar_scale)
-    module.forward(x.view(np.float32), out.view(np.float32), threads, table)
+    module.forward(x.view(np.float32), out.view(np.float32), threads, dft_table(n, a))
 
 
-def _xy_passes(x: np.ndarray, shape: SpectralShape, threads: int) -> np.ndarray:
-    """Pruned x (FFTW r2c on the non-zero rows) and y (pruned DFT) passes: ``(B, a, N1, half)``."""
+def xy_passes(x: np.ndarray, shape: SpectralShape, threads: int) -> np.ndarray:
+    """Pruned x (FFTW r2c on the non-zero rows) and y (pruned DFT) passes of real ``x``
+    ``(B, a, b, c)``: the ``a`` non-zero planes of the spectrum before its z pass,
+    ``(B, a, N1, half)``."""
     batch, a, b, c = x.shape
     n1, n2 = shape.size[1], shape.size[2]
     half = shape.half
@@ -159,20 +155,16 @@ def _xy_passes(x: np.ndarray, shape: SpectralShape, threads: int) -> np.ndarray:
     return planes
 
 
+def xy_pass_bytes(batch: int, extent: tuple[int, int, int], shape: SpectralShape) -> int:
+    """Peak bytes of :func:`xy_passes`: its row and line buffers and the returned planes."""
+    a, b = extent[0], extent[1]
+    return batch * a * (4 * b * shape.size[2] + 8 * b * shape.half
+                        + 8 * shape.size[1] * shape.half)
+
+
 def prunable(extent: tuple[int, ...], shape: SpectralShape) -> bool:
-    """Whether :func:`forward_planar` applies (short extents along z and y)."""
+    """Whether the y and z passes of short extents run as pruned DFTs (see the docstring)."""
     return _gemm_worthy(extent[0], shape.size[0]) and _gemm_worthy(extent[1], shape.size[1])
-
-
-def forward_planar(x: np.ndarray, shape: SpectralShape, threads: int, out: np.ndarray,
-                   scale: float) -> None:
-    """Pruned forward of short-extent data (see :func:`prunable`) written, times ``scale``,
-    straight into tiled planar ``out`` ``(nfp/T, B, 2, T)`` (re, im; padding lanes zeroed):
-    what the spectral MAC reads, without a complex spectrum or a conversion pass."""
-    batch, a = x.shape[:2]
-    n0, n1 = shape.size[:2]
-    planes = _xy_passes(x, shape, threads)
-    _pruned_dft(planes.reshape(batch, a, n1 * shape.half), n0, out, threads, scale)
 
 
 def forward(x: np.ndarray, shape: SpectralShape, threads: int,
@@ -185,7 +177,7 @@ def forward(x: np.ndarray, shape: SpectralShape, threads: int,
     spec = shape.buffer(batch) if out is None else out
     if pruned and prunable((a, b), shape):
         half = shape.half
-        planes = _xy_passes(x, shape, threads)
+        planes = xy_passes(x, shape, threads)
         _pruned_dft(planes.reshape(batch, a, n1 * half), n0, spec.reshape(batch, n0, n1 * half),
                     threads)
         return spec

@@ -58,7 +58,7 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
     return statistics.median(times)
 
 
-def peak_flops(threads: int, repeats: int = 5, kilo_iterations: int = 5000) -> float:
+def peak_flops(threads: int, repeats: int = 5, kilo_iterations: int = 20000) -> float:
     """FLOP/s of ``threads`` threads each issuing 24 independent FMA chains."""
     toolchain = default_toolchain()
     vw = toolchain.vector_width
@@ -81,7 +81,7 @@ def _conv_rate(primitive: str, layer: Conv, shape: tuple[int, int, int, int, int
     step = PRIMITIVES[primitive].prepare(0, layer, shape, (w, np.zeros(layer.out_channels,
                                                                        np.float32)), threads)
     x = rng.random(shape, dtype=np.float32)
-    return work(step) / median_seconds(lambda: step.run(x, 0), 5)
+    return work(step) / median_seconds(lambda: step.run(x, 0), 7, warmup=2)
 
 
 def direct_flops(threads: int) -> float:
@@ -101,14 +101,14 @@ def mac_flops(threads: int) -> float:
 
     layer = Conv(64, 64, (3, 3, 3), "relu")
     shape = (8, 64, 8, 8, 8)
-    g = FftGeometry.of(layer, shape, True, default_toolchain().vector_width)
+    g = FftGeometry.of(layer, shape, True, False, default_toolchain().vector_width)
     module = load_kernel(mac_source(layer, g), "MAC probe")
     x, out = g.planar(8 * 64), g.planar(8 * g.out_chunk)
     k = g.planar(g.out_chunk * g.in_block)
     for a in (x, out, k):
         a.fill(0.5)
     flops = 8 * 8 * g.out_chunk * g.in_block * g.nfp
-    calls = 20
+    calls = 100
     seconds = median_seconds(
         lambda: [module.forward(x, out, threads, k, batch=8) for _ in range(calls)], 5)
     return calls * flops / seconds

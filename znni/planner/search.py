@@ -32,8 +32,6 @@ EFFORT_LEVELS = ("estimate", *EFFORTS)
 BATCHES = (1, 2, 4)
 #: Plans whose layers are measured by effort=measure (exhaustive: twice as many).
 MEASURED_CANDIDATES = 3
-#: Measure-and-re-rank rounds at most: until the leading plan is timed through.
-MEASURE_ROUNDS = 6
 #: Unmeasured primitives slower than this factor × the layer's best estimate are not timed.
 MEASURE_WITHIN = 2.0
 #: Fraction of the available RAM the default budget takes (the rest: volumes, Python, libs).
@@ -177,22 +175,19 @@ def plan(net: Network, memory: int | str | None = None, threads: int | None = No
     costs = CostModel(dev, records, effort if effort != "estimate" else "measure")
     found, too_big = _search(net, budget, costs, extent, batches)
     if effort != "estimate":
-        # Measuring re-ranks (and corrects the model for unmeasured shapes): repeat until the
-        # leading candidates are measured through.
+        # Time the layers of the model's leading candidates (deterministic, so a repeated plan
+        # finds them recorded), then re-rank with measured costs; the plan is the best
+        # candidate whose every layer was timed.
         assert records is not None
         count = MEASURED_CANDIDATES * (2 if effort == "exhaustive" else 1)
-        for _ in range(MEASURE_ROUNDS):
-            if found and _measured(found[0]):
-                break
-            todo = [p for p in found if not _measured(p)][:count]
-            if not _measure_missing(net, todo, costs, records, effort, dev.threads):
-                break
-            costs = CostModel(dev, records, effort)
-            found, too_big = _search(net, budget, costs, extent, batches)
+        model_ranked, _ = _search(net, budget, CostModel(dev, None, effort), extent, batches)
+        _measure_missing(net, model_ranked[:count], costs, records, effort, dev.threads)
+        costs = CostModel(dev, records, effort)
+        found, too_big = _search(net, budget, costs, extent, batches)
         measured = [p for p in found if _measured(p)]
         if measured and not _measured(found[0]):
             found.remove(measured[0])
-            found.insert(0, measured[0])  # the best plan whose every layer was timed
+            found.insert(0, measured[0])
     if not found:
         lean = too_big[0] if too_big else None
         need = f"{lean.peak_bytes / 2**30:.2f} GiB" if lean else "more memory"
@@ -210,11 +205,15 @@ def _measured(p: Plan) -> bool:
 
 
 def _distinct(plans: list[Plan], best: Plan) -> list[Plan]:
-    """The best plan per other output patch (alternatives worth reporting)."""
-    out, seen = [], {best.output_patch}
+    """The best plan per size class (output voxels per run within 20 % of each other count as
+    one class): alternatives worth reporting, not near-copies of the chosen patch."""
+    def size_class(p: Plan) -> int:
+        return round(math.log(p.output_voxels) / math.log(1.2))
+
+    out, seen = [], {size_class(best)}
     for p in plans:
-        if p.output_patch not in seen:
-            seen.add(p.output_patch)
+        if size_class(p) not in seen:
+            seen.add(size_class(p))
             out.append(p)
     return out
 
@@ -227,10 +226,9 @@ def _as_alternative(p: Plan, best: Plan) -> Alternative:
 
 
 def _measure_missing(net: Network, plans: list[Plan], costs: CostModel, records: TuningRecords,
-                     effort: str, threads: int) -> int:
+                     effort: str, threads: int) -> None:
     """Time every promising primitive of every layer shape in ``plans`` that has no record
-    made at least as rigorously as ``effort``; store each timing as soon as it is taken.
-    Returns how many were measured."""
+    made at least as rigorously as ``effort``; store each timing as soon as it is taken."""
     todo: dict[str, tuple[object, tuple[int, ...], str, float]] = {}
     for p in plans:
         for shapes in net.layer_shapes(p.output_patch, p.batch):
@@ -253,4 +251,3 @@ def _measure_missing(net: Network, plans: list[Plan], costs: CostModel, records:
         log.info("tuning %d/%d: %s on %s", n, len(todo), name, shape_in)
         times = measure(layer, shape_in, name, threads, effort)  # type: ignore[arg-type]
         records.add({key: Record(sorted(times)[len(times) // 2], times, effort, estimate)})
-    return len(todo)

@@ -25,7 +25,15 @@ import numpy as np
 
 from ..codegen.loader import KernelModule, default_toolchain, load_kernel
 from ..codegen.render import render
-from ..fft.pruned import SpectralShape, forward, forward_planar, inverse_cropped, prunable
+from ..fft.pruned import (
+    SpectralShape,
+    dft_table,
+    forward,
+    inverse_cropped,
+    prunable,
+    xy_pass_bytes,
+    xy_passes,
+)
 from ..fft.sizes import fft_size
 from ..spec import Conv, Layer, Shape5
 from .base import FLOAT_BYTES, Memory, padded_empty, tensor_bytes
@@ -65,38 +73,56 @@ class FftGeometry:
 
     spectral: SpectralShape
     out_chunk: int      # output maps accumulated at once
-    in_block: int       # input maps per kernel-spectra block
+    in_block: int       # input maps per MAC call (one block of kernel data)
     vector_width: int
-    tile: int           # frequencies per tile of the tiled planar layout (and per MAC task)
+    tile: int           # frequencies per tile of the tiled planar layout
+    fused: bool         # kernel spectra made inside the MAC from their x/y-transformed planes
+    kz: int             # non-zero kernel planes (the fused MAC's z-DFT length)
 
     @classmethod
-    def of(cls, layer: Conv, shape_in: Shape5, task_parallel: bool,
+    def of(cls, layer: Conv, shape_in: Shape5, task_parallel: bool, pruned: bool,
            vector_width: int) -> FftGeometry:
         """Pick the (output chunk, input block) that moves the fewest bytes through the MAC.
 
         Per frequency, input spectra are read once per output chunk (8·S·f·f′/chunk bytes) and
-        output spectra read and written once per input block (16·S·f·f′/block); the kernel
-        block, chunk × block spectra, must fit KERNEL_BLOCK_BYTES. The data-parallel schedule
-        caps the chunk at DATA_PARALLEL_CHUNK maps to keep its output spectra small. The tile
-        keeps one MAC task's output tile and one L1 block of its input tile in L2.
+        output spectra read and written once per input block (16·S·f·f′/block); the block's
+        kernel data (full spectra, or for the fused MAC just the x/y-transformed planes) must
+        fit KERNEL_BLOCK_BYTES. The data-parallel schedule caps the chunk at
+        DATA_PARALLEL_CHUNK maps to keep its output spectra small. The tile keeps one MAC
+        task's output tile and one L1 block of its input tile in L2.
         """
         spectral = SpectralShape(tuple(fft_size(n) for n in shape_in[2:]))  # type: ignore[arg-type]
-        per_map = 16 * spectral.complex_elements  # complex buffer + planar copy
+        fused = pruned and prunable(layer.kernel, spectral)
+        v = vector_width
+        plane = spectral.size[1] * spectral.half
+        per_pair = (_fused_pair_bytes(layer.kernel, spectral, v) if fused
+                    else 16 * spectral.complex_elements)  # complex buffer + planar copy
         max_chunk = layer.out_channels if task_parallel else DATA_PARALLEL_CHUNK
         candidates = [(j, i) for j in _divisors(layer.out_channels) if j <= max_chunk
                       for i in _divisors(layer.in_channels)
-                      if j * i * per_map <= KERNEL_BLOCK_BYTES or j * i == 1]
+                      if j * i * per_pair <= KERNEL_BLOCK_BYTES or j * i == 1]
         chunk, block = min(candidates, key=lambda ji: (1 / ji[0] + 2 / ji[1], -ji[0]))
-        per_frequency = 8 * shape_in[0] * (chunk + _l1_block(block))
-        v = vector_width
-        tile = min(max(v, MAC_TILE_BYTES // per_frequency // v * v), 1024,
-                   -(-spectral.complex_elements // v) * v)
-        return cls(spectral, chunk, block, vector_width, tile)
+        if fused:
+            tile = v  # output tiles of every plane of a task stay in L2; P blocks in L1
+        else:
+            per_frequency = 8 * shape_in[0] * (chunk + _l1_block(block, fused))
+            tile = max(v, MAC_TILE_BYTES // per_frequency // v * v)
+        tile = min(tile, 1024, -(-plane // v) * v)
+        return cls(spectral, chunk, block, vector_width, tile, fused, layer.kernel[0])
+
+    @property
+    def plane(self) -> int:
+        """Complex values per z plane of a spectrum."""
+        return self.spectral.size[1] * self.spectral.half
+
+    @property
+    def tiles_per_plane(self) -> int:
+        return -(-self.plane // self.tile)
 
     @property
     def nfp(self) -> int:
-        """Complex elements per map in the planar layout: whole tiles."""
-        return -(-self.spectral.complex_elements // self.tile) * self.tile
+        """Complex elements per map in the tiled planar layout (whole tiles per plane)."""
+        return self.spectral.size[0] * self.tiles_per_plane * self.tile
 
     @property
     def register_block(self) -> tuple[int, int]:
@@ -104,8 +130,20 @@ class FftGeometry:
         return (2 if self.vector_width == 16 else 1), _largest_divisor(self.out_chunk, 4)
 
     def planar(self, maps: int) -> np.ndarray:
-        """An uninitialised tiled planar spectra array ``(nfp/T, maps, 2, T)``."""
+        """An uninitialised tiled planar spectra array ``(planes·tiles, maps, 2, T)``."""
         return np.empty((self.nfp // self.tile, maps, 2, self.tile), np.float32)
+
+    def kernel_planes(self, pairs: int) -> np.ndarray:
+        """The fused MAC's tiled planar kernel planes ``(tiles per plane, pairs·kz, 2, T)``."""
+        return np.empty((self.tiles_per_plane, pairs * self.kz, 2, self.tile), np.float32)
+
+
+def _fused_pair_bytes(kernel: tuple[int, int, int], spectral: SpectralShape, v: int) -> int:
+    """Bytes per kernel pair of the fused MAC's kernel data: the x/y passes' buffers and
+    planes, plus the tiled planar copy of the planes."""
+    plane = spectral.size[1] * spectral.half
+    tiled = -(-plane // v) * v
+    return xy_pass_bytes(1, kernel, spectral) + 8 * kernel[0] * tiled
 
 
 def _r2c(lines: int, n: int) -> float:
@@ -116,53 +154,58 @@ def _c2c(lines: int, n: int) -> float:
     return lines * 5.0 * n * math.log2(max(n, 2))
 
 
-def _l1_block(in_block: int) -> int:
-    """Input maps per MAC L1 block: ≤ 24 (4 output maps × 24 × re/im kernel lines ≈ 12 KiB);
-    measured best among 10–40 on this machine's 48 KiB L1."""
-    return _largest_divisor(in_block, 24)
+def _l1_block(in_block: int, fused: bool) -> int:
+    """Input maps per MAC L1 block. Plain MAC: ≤ 24 (4 output maps × 24 × re/im kernel lines
+    ≈ 12 KiB; measured best among 10–40 on a 48 KiB L1). Fused: ≤ 8, so that the P block
+    (4 × 8 pairs × kz planes × re/im vectors) stays in L1 across all planes."""
+    return _largest_divisor(in_block, 8 if fused else 24)
 
 
 def mac_source(layer: Conv, geometry: FftGeometry) -> str:
-    sb, jr = geometry.register_block
-    return render("spectral_mac.cpp.j2", {
-        "nfp": geometry.nfp, "in_maps": layer.in_channels, "jb": geometry.out_chunk,
-        "ib": geometry.in_block, "vector_width": geometry.vector_width, "sb": sb, "jr": jr,
-        "ic": _l1_block(geometry.in_block), "tile": geometry.tile})
+    g = geometry
+    sb, jr = g.register_block
+    common = {"in_maps": layer.in_channels, "jb": g.out_chunk, "ib": g.in_block,
+              "vector_width": g.vector_width, "sb": sb, "jr": jr, "tile": g.tile,
+              "ic": _l1_block(g.in_block, g.fused)}
+    if g.fused:
+        return render("fused_mac.cpp.j2", {**common, "planes": g.spectral.size[0],
+                                           "plane": g.plane, "kz": g.kz})
+    return render("spectral_mac.cpp.j2", {**common, "nfp": g.nfp})
 
 
 class SpectralLayout:
-    """Generated converters between complex (FFTW) spectra and the MAC's tiled planar layout."""
+    """Generated converters between complex (FFTW) spectra ``(maps, planes, plane)`` and the
+    MAC's tiled planar layout ``(planes·tiles, maps, 2, T)``."""
 
-    def __init__(self, geometry: FftGeometry, threads: int) -> None:
-        self.geometry = geometry
+    def __init__(self, planes: int, plane: int, tile: int, threads: int) -> None:
+        self.planes, self.plane, self.tile = planes, plane, tile
         self.threads = threads
         self._modules: dict[tuple[bool, int], KernelModule] = {}
 
     def _module(self, to_planar: bool, scale_denominator: int) -> KernelModule:
         key = (to_planar, scale_denominator)
         if key not in self._modules:
-            g = self.geometry
             source = render("spectral_layout.cpp.j2", {
-                "n": g.spectral.complex_elements, "nfp": g.nfp, "tile": g.tile,
+                "planes": self.planes, "plane": self.plane, "tile": self.tile,
                 "to_planar": int(to_planar), "scale_denominator": scale_denominator})
-            self._modules[key] = load_kernel(source, f"spectral layout {g.spectral.size}")
+            self._modules[key] = load_kernel(
+                source, f"spectral layout {self.planes}x{self.plane} / {self.tile}")
         return self._modules[key]
 
-    def prepare(self, kernels_too: bool) -> None:
-        """Compile every converter :meth:`to_planar`/:meth:`from_planar` will need now."""
-        self._module(True, 1)
+    def prepare(self, *scale_denominators: int) -> None:
+        """Compile the converters that will be needed (to planar with these scalings, back)."""
+        for d in scale_denominators:
+            self._module(True, d)
         self._module(False, 1)
-        if kernels_too:
-            self._module(True, math.prod(self.geometry.spectral.size))
 
-    def to_planar(self, spec: np.ndarray, planar: np.ndarray, normalise: bool = False) -> None:
-        """Complex ``(maps, …)`` into tiled planar ``(nfp/T, maps, 2, T)`` (optionally ×1/N)."""
-        denominator = math.prod(self.geometry.spectral.size) if normalise else 1
-        self._module(True, denominator).forward(spec.view(np.float32), planar, self.threads,
-                                                batch=planar.shape[1])
+    def to_planar(self, spec: np.ndarray, planar: np.ndarray, scale_denominator: int = 1) -> None:
+        """Complex ``(maps, …)`` into tiled planar ``(…, maps, 2, T)``, divided by the given
+        integer (kernel spectra fold the inverse transform's 1/N in here)."""
+        self._module(True, scale_denominator).forward(spec.view(np.float32), planar,
+                                                      self.threads, batch=planar.shape[1])
 
     def from_planar(self, planar: np.ndarray, spec: np.ndarray) -> None:
-        """Tiled planar ``(nfp/T, maps, 2, T)`` back into complex ``(maps, …)`` spectra."""
+        """Tiled planar ``(…, maps, 2, T)`` back into complex ``(maps, …)`` spectra."""
         self._module(False, 1).forward(planar, spec.view(np.float32), self.threads,
                                        batch=planar.shape[1])
 
@@ -178,16 +221,36 @@ class FftStep:
         self.module = module
         self.layer = layer
         self.shape_in = shape_in
-        self.geometry = geometry
+        self.geometry = g = geometry
         self.pruned = pruned
         self.threads = threads
         w, b = weights
         # Correlation = convolution with the flipped kernel; 1/N folds the inverse's scaling.
         self.flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1, ::-1])
         self.bias = b.reshape(1, -1, 1, 1, 1)
-        self.scale = 1.0 / math.prod(geometry.spectral.size)
-        self.layout = SpectralLayout(geometry, threads)
-        self.layout.prepare(kernels_too=not (pruned and prunable(layer.kernel, geometry.spectral)))
+        self.volume = math.prod(g.spectral.size)
+        self.layout = SpectralLayout(g.spectral.size[0], g.plane, g.tile, threads)
+        if g.fused:
+            self.layout.prepare(1)
+            self.kernel_layout = SpectralLayout(1, g.plane, g.tile, threads)
+            self.kernel_layout.prepare(1)
+            table = dft_table(g.spectral.size[0], g.kz)
+            self.dft = np.ascontiguousarray(table / np.float32(self.volume))
+        else:
+            self.layout.prepare(1, self.volume)
+
+    def _kernels(self, j0: int, i0: int, buffers: dict[str, np.ndarray]) -> np.ndarray:
+        """The MAC's kernel data for the block at (j0, i0): x/y-transformed planes (fused) or
+        full spectra, tiled planar, scaled by 1/N."""
+        g, k = self.geometry, self.layer.kernel
+        block = self.flipped[j0:j0 + g.out_chunk, i0:i0 + g.in_block].reshape(-1, *k)
+        if g.fused:
+            planes = xy_passes(block, g.spectral, self.threads)
+            self.kernel_layout.to_planar(planes, buffers["planar"])
+            return buffers["planar"]
+        forward(block, g.spectral, self.threads, self.pruned, out=buffers["spectra"])
+        self.layout.to_planar(buffers["spectra"], buffers["planar"], self.volume)
+        return buffers["planar"]
 
     def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
         if x.shape[1:] != self.shape_in[1:]:
@@ -205,27 +268,24 @@ class FftStep:
         self.layout.to_planar(spec, planar_in)
         del spec
 
-        direct_planar = self.pruned and prunable(k, g.spectral)
-        kernel_spec = None if direct_planar else g.spectral.buffer(g.out_chunk * g.in_block)
-        kernel_planar = g.planar(g.out_chunk * g.in_block)
+        pairs = g.out_chunk * g.in_block
+        buffers = ({"planar": g.kernel_planes(pairs)} if g.fused else
+                   {"planar": g.planar(pairs), "spectra": g.spectral.buffer(pairs)})
+        extra = self.dft if g.fused else None
         chunks = range(0, fo, g.out_chunk)
         for j0 in chunks:
             # Stage 2: accumulate this chunk's output spectra over all input maps.
             planar_out = g.planar(s * g.out_chunk)
             planar_out.fill(0)
             for i0 in range(0, f, g.in_block):
-                block = self.flipped[j0:j0 + g.out_chunk, i0:i0 + g.in_block].reshape(-1, *k)
-                if kernel_spec is None:  # pruned DFT writes planar, scaled spectra directly
-                    forward_planar(block, g.spectral, threads, kernel_planar, self.scale)
-                else:
-                    forward(block, g.spectral, threads, self.pruned, out=kernel_spec)
-                    self.layout.to_planar(kernel_spec, kernel_planar, normalise=True)
+                kernels = self._kernels(j0, i0, buffers)
                 # The kernel indexes maps with the full per-tile stride: pass the block's first
                 # map (a temporary view, so that `del planar_in` below really frees it).
                 self.module.forward(planar_in.reshape(-1)[i0 * 2 * g.tile:], planar_out,
-                                    threads, kernel_planar, batch=s)
+                                    threads, kernels, extra, batch=s)
+                del kernels
             if j0 == chunks[-1]:
-                del planar_in, kernel_spec, kernel_planar  # stage 3 of the last chunk is leaner
+                del planar_in, buffers  # stage 3 of the last chunk is leaner
             # Stage 3: inverse transforms of the chunk, crop, bias, activation.
             spec_out = g.spectral.buffer(s * g.out_chunk)
             self.layout.from_planar(planar_out, spec_out)
@@ -250,7 +310,7 @@ class FftConv:
         return isinstance(layer, Conv)
 
     def _geometry(self, layer: Conv, shape_in: Shape5) -> FftGeometry:
-        return FftGeometry.of(layer, shape_in, self.task_parallel,
+        return FftGeometry.of(layer, shape_in, self.task_parallel, self.pruned,
                               default_toolchain().vector_width)
 
     def flops(self, layer: Layer, shape_in: Shape5) -> int:
@@ -280,16 +340,18 @@ class FftConv:
         a, b = (shape_in[2], shape_in[3]) if self.pruned else (n0, n1)
         image = _r2c(a * b, n2) + _c2c(a * half, n1) + _c2c(n1 * half, n0)
         inverse = _c2c(n1 * half, n0) + _c2c(out[2] * half, n1) + _r2c(out[2] * out[3], n2)
-        kernel_fft, kernel_dft = _r2c(k[0] * k[1], n2), 0.0
-        if self.pruned and prunable(k, g.spectral):
-            kernel_dft = 8.0 * (k[1] * k[0] * n1 * half + k[0] * n0 * n1 * half)
+        pairs = s * f * fo
+        kernel_fft, kernel_dft, kernel_bytes = _r2c(k[0] * k[1], n2), 0.0, 16.0 * g.nfp
+        if g.fused:  # y pass as a pruned DFT; z pass fused into the MAC, read as kz planes
+            kernel_dft = 8.0 * (k[1] * k[0] * n1 * half + k[0] * g.nfp)
+            kernel_bytes = 8.0 * k[0] * g.tiles_per_plane * g.tile
         else:
             kz, ky = (k[0], k[1]) if self.pruned else (n0, n1)
             kernel_fft = _r2c(kz * ky, n2) + _c2c(kz * half, n1) + _c2c(n1 * half, n0)
         transforms = ((s * f * image + s * fo * inverse + f * fo * kernel_fft) / device.fft_flops
                       + f * fo * kernel_dft / device.mac_flops)
-        pairs = s * f * fo
-        traffic = 8 * g.nfp * (pairs / g.out_chunk + 2 * pairs / g.in_block + 2 * f * fo)
+        traffic = (8 * g.nfp * (pairs / g.out_chunk + 2 * pairs / g.in_block)
+                   + f * fo * kernel_bytes)
         mac = max(8 * pairs * g.nfp / device.mac_flops, traffic / device.bandwidth)
         streaming = (16 * g.nfp * (s * f + 2 * s * fo)  # to/from planar, zero fills
                      + 3 * tensor_bytes(out))           # crop copy, bias, activation
@@ -299,7 +361,8 @@ class FftConv:
         """Exact buffer accounting of :meth:`FftStep.run` (the input is held by the caller).
 
         Stage 1: input spectra (complex) + their planar copy. Stage 2: planar input spectra +
-        one chunk of planar output spectra + the kernel-spectra block (complex + planar).
+        one chunk of planar output spectra + the block's kernel data (fused: x/y-transformed
+        planes, their buffers and planar copy; else complex spectra + planar copy).
         Stage 3: the chunk's planar and complex output spectra (+ planar inputs while more
         chunks follow). The output tensor is allocated first and held throughout.
         """
@@ -311,11 +374,9 @@ class FftConv:
         planar_in = c8 * s * f * g.nfp
         planar_chunk = c8 * s * g.out_chunk * g.nfp
         blocks = g.out_chunk * g.in_block
-        if self.pruned and prunable(layer.kernel, g.spectral):
-            # planar spectra + the y pass's planes (the pruned z pass writes planar directly)
-            kernels = c8 * blocks * (g.nfp + layer.kernel[0] * g.spectral.size[1]
-                                     * g.spectral.half)
-        else:
+        if g.fused:  # tiled planar kernel planes + the x/y passes' buffers and planes
+            kernels = blocks * _fused_pair_bytes(layer.kernel, g.spectral, g.vector_width)
+        else:  # complex kernel spectra + their tiled planar copy
             kernels = c8 * blocks * (ntilde + g.nfp)
         stage1 = c8 * s * f * ntilde + planar_in
         stage2 = planar_in + planar_chunk + kernels
