@@ -137,7 +137,7 @@ def test_random_small_nets(layers: list, channels: int, extra: list, seed: int) 
 
 
 @pytest.mark.parametrize("primitive", ["direct", "fft", "fft-pruned", "fft-data",
-                                       "fft-pruned-data", "auto"])
+                                       "fft-pruned-data", "fft-pruned-lean", "auto"])
 def test_every_primitive_end_to_end(primitive: str) -> None:
     net = net_from_layers([
         {"type": "conv", "kernel": [1, 3, 3], "out_channels": 4, "activation": "relu"},

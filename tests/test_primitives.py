@@ -120,7 +120,7 @@ def test_memory_and_flops_formulas() -> None:
     assert pool.working == 4 * (4 * 729 + 8 * 4 * 64)
 
 
-FFT_PRIMITIVES = ["fft", "fft-pruned", "fft-data", "fft-pruned-data"]
+FFT_PRIMITIVES = ["fft", "fft-pruned", "fft-data", "fft-pruned-data", "fft-pruned-lean"]
 
 
 @pytest.mark.parametrize("name", FFT_PRIMITIVES)

@@ -1,7 +1,8 @@
 """znni: dense sliding-window 3D ConvNet inference at maximum throughput.
 
-Pipeline: spec (:func:`load`) → plan (:func:`make_plan`) → generated C++ → compiled, cached
-kernels → :func:`infer`. :mod:`znni.reference` is the slow numpy oracle.
+Pipeline: spec (:func:`load`) → plan (:func:`plan` searches one; :func:`make_plan` takes a
+given patch) → generated C++ → compiled, cached kernels → :func:`infer`.
+:mod:`znni.reference` is the slow numpy oracle.
 """
 
 __version__ = "0.1.0"
@@ -17,11 +18,12 @@ from .errors import ZnniError
 from .runtime.allocator import keep_freed_memory
 
 keep_freed_memory()
-from .planner import Plan, make_plan
+from .planner import Device, Plan, make_plan, plan
 from .runtime.infer import infer
 from .spec import Network, bundled_nets, load
 
 __all__ = [
+           "Device",
            "Network",
            "Plan",
            "ZnniError",
@@ -30,4 +32,5 @@ __all__ = [
            "infer",
            "load",
            "make_plan",
+           "plan",
 ]

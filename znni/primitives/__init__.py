@@ -9,6 +9,7 @@ from .mpf import MaxPoolFragments
 PRIMITIVES: dict[str, Primitive] = {p.name: p for p in (
     DirectConv(), MaxPoolFragments(),
     FftConv(pruned=True, task_parallel=True), FftConv(pruned=False, task_parallel=True),
-    FftConv(pruned=True, task_parallel=False), FftConv(pruned=False, task_parallel=False))}
+    FftConv(pruned=True, task_parallel=False), FftConv(pruned=False, task_parallel=False),
+    FftConv(pruned=True, task_parallel=False, lean=True))}
 
 __all__ = ["PRIMITIVES", "DirectConv", "MaxPoolFragments", "Memory", "Primitive", "Step"]

@@ -1,12 +1,15 @@
 """FFT convolution (DESIGN §5.2–5.3): transforms by FFTW/pruned DFTs, spectral MAC by generated C++.
 
-One algorithm, two schedules, two transform kinds — four primitives:
+One algorithm, three schedules, two transform kinds — five primitives:
 
 - ``fft-pruned`` / ``fft`` (task-parallel, ZNNi's algorithm 2): all S·f′ output spectra are
   accumulated at once; input spectra are freed before the inverse transforms.
 - ``fft-pruned-data`` / ``fft-data`` (data-parallel, algorithm 1): output maps are accumulated a
   few at a time and inverse-transformed at once, so only S·(few) output spectra ever exist — the
   lean choice for the first layer's huge images.
+- ``fft-pruned-lean``: the data-parallel schedule one sample at a time, so only one sample's
+  spectra exist; kernel data is remade per sample. For layers whose S·f spectra do not fit
+  (n537's S=8, 95³ layer at a 4 GiB budget), where the alternative is direct convolution.
 
 Every schedule transforms each kernel once per patch and reuses it for all S samples (kernels
 are transformed in blocks of ``out_chunk × in_block`` maps, sized to a fixed scratch budget).
@@ -78,18 +81,20 @@ class FftGeometry:
     tile: int           # frequencies per tile of the tiled planar layout
     fused: bool         # kernel spectra made inside the MAC from their x/y-transformed planes
     kz: int             # non-zero kernel planes (the fused MAC's z-DFT length)
+    samples: int        # samples transformed and accumulated per pass (lean: 1)
 
     @classmethod
     def of(cls, layer: Conv, shape_in: Shape5, task_parallel: bool, pruned: bool,
-           vector_width: int) -> FftGeometry:
+           vector_width: int, lean: bool = False) -> FftGeometry:
         """Pick the (output chunk, input block) that moves the fewest bytes through the MAC.
 
         Per frequency, input spectra are read once per output chunk (8·S·f·f′/chunk bytes) and
         output spectra read and written once per input block (16·S·f·f′/block); the block's
         kernel data (full spectra, or for the fused MAC just the x/y-transformed planes) must
         fit KERNEL_BLOCK_BYTES. The data-parallel schedule caps the chunk at
-        DATA_PARALLEL_CHUNK maps to keep its output spectra small. The tile keeps one MAC
-        task's output tile and one L1 block of its input tile in L2.
+        DATA_PARALLEL_CHUNK maps to keep its output spectra small; the lean one also takes one
+        sample per pass. The tile keeps one MAC task's output tile and one L1 block of its
+        input tile in L2.
         """
         spectral = SpectralShape(tuple(fft_size(n) for n in shape_in[2:]))  # type: ignore[arg-type]
         fused = pruned and prunable(layer.kernel, spectral)
@@ -97,7 +102,8 @@ class FftGeometry:
         plane = spectral.size[1] * spectral.half
         per_pair = (_fused_pair_bytes(layer.kernel, spectral, v) if fused
                     else 16 * spectral.complex_elements)  # complex buffer + planar copy
-        max_chunk = layer.out_channels if task_parallel else DATA_PARALLEL_CHUNK
+        max_chunk = layer.out_channels if task_parallel and not lean else DATA_PARALLEL_CHUNK
+        samples = 1 if lean else shape_in[0]
         candidates = [(j, i) for j in _divisors(layer.out_channels) if j <= max_chunk
                       for i in _divisors(layer.in_channels)
                       if j * i * per_pair <= KERNEL_BLOCK_BYTES or j * i == 1]
@@ -105,10 +111,10 @@ class FftGeometry:
         if fused:
             tile = v  # output tiles of every plane of a task stay in L2; P blocks in L1
         else:
-            per_frequency = 8 * shape_in[0] * (chunk + _l1_block(block, fused))
+            per_frequency = 8 * samples * (chunk + _l1_block(block, fused))
             tile = max(v, MAC_TILE_BYTES // per_frequency // v * v)
         tile = min(tile, 1024, -(-plane // v) * v)
-        return cls(spectral, chunk, block, vector_width, tile, fused, layer.kernel[0])
+        return cls(spectral, chunk, block, vector_width, tile, fused, layer.kernel[0], samples)
 
     @property
     def plane(self) -> int:
@@ -255,10 +261,17 @@ class FftStep:
     def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
         if x.shape[1:] != self.shape_in[1:]:
             raise ValueError(f"FFT conv prepared for {self.shape_in[1:]}, got {x.shape[1:]}")
+        out = padded_empty(conv_output_shape(self.layer, x.shape), out_slack)  # type: ignore[arg-type]
+        step = self.geometry.samples
+        for s0 in range(0, x.shape[0], step):
+            self._run_samples(x[s0:s0 + step], out[s0:s0 + step])
+        return out
+
+    def _run_samples(self, x: np.ndarray, out: np.ndarray) -> None:
+        """The three stages for the samples of ``x`` (all of them in one pass but for lean)."""
         layer, g, threads = self.layer, self.geometry, self.threads
         s, f, *n = x.shape
         fo, k = layer.out_channels, layer.kernel
-        out = padded_empty(conv_output_shape(layer, x.shape), out_slack)  # type: ignore[arg-type]
         start = (k[0] - 1, k[1] - 1, k[2] - 1)
         stop = (n[0], n[1], n[2])
 
@@ -295,23 +308,24 @@ class FftStep:
             np.add(valid.reshape(dst.shape), self.bias[:, j0:j0 + g.out_chunk], out=dst)
             _ACTIVATIONS[layer.activation](dst)
             del spec_out, valid
-        return out
 
 
 class FftConv:
     """FFT convolution primitive; see the module docstring for the four variants."""
 
-    def __init__(self, pruned: bool, task_parallel: bool) -> None:
+    def __init__(self, pruned: bool, task_parallel: bool, lean: bool = False) -> None:
         self.pruned = pruned
         self.task_parallel = task_parallel
-        self.name = ("fft-pruned" if pruned else "fft") + ("" if task_parallel else "-data")
+        self.lean = lean
+        schedule = "-lean" if lean else "" if task_parallel else "-data"
+        self.name = ("fft-pruned" if pruned else "fft") + schedule
 
     def supports(self, layer: Layer) -> bool:
         return isinstance(layer, Conv)
 
     def _geometry(self, layer: Conv, shape_in: Shape5) -> FftGeometry:
         return FftGeometry.of(layer, shape_in, self.task_parallel, self.pruned,
-                              default_toolchain().vector_width)
+                              default_toolchain().vector_width, self.lean)
 
     def flops(self, layer: Layer, shape_in: Shape5) -> int:
         """Spectral MAC (8 per complex multiply-add) plus transforms (5·n·log2 n per line)."""
@@ -348,10 +362,11 @@ class FftConv:
         else:
             kz, ky = (k[0], k[1]) if self.pruned else (n0, n1)
             kernel_fft = _r2c(kz * ky, n2) + _c2c(kz * half, n1) + _c2c(n1 * half, n0)
-        transforms = ((s * f * image + s * fo * inverse + f * fo * kernel_fft) / device.fft_flops
-                      + f * fo * kernel_dft / device.mac_flops)
+        passes = -(-s // g.samples)  # kernel work is redone per pass of samples
+        transforms = ((s * f * image + s * fo * inverse + passes * f * fo * kernel_fft)
+                      / device.fft_flops + passes * f * fo * kernel_dft / device.mac_flops)
         traffic = (8 * g.nfp * (pairs / g.out_chunk + 2 * pairs / g.in_block)
-                   + f * fo * kernel_bytes)
+                   + passes * f * fo * kernel_bytes)
         mac = max(8 * pairs * g.nfp / device.mac_flops, traffic / device.bandwidth)
         streaming = (16 * g.nfp * (s * f + 2 * s * fo)  # to/from planar, zero fills
                      + 3 * tensor_bytes(out))           # crop copy, bias, activation
@@ -368,7 +383,7 @@ class FftConv:
         """
         assert isinstance(layer, Conv)
         g = self._geometry(layer, shape_in)
-        s, f = shape_in[:2]
+        s, f = g.samples, shape_in[1]  # the stages hold the spectra of one pass of samples
         c8 = 8  # bytes per complex64 / per planar (re, im) pair
         ntilde = g.spectral.complex_elements
         planar_in = c8 * s * f * g.nfp
