@@ -2,8 +2,8 @@
 
 Both run the same network and weights on the same synthetic EM-like volume. Runs alternate —
 znni, then each PyTorch configuration, repeated — so machine noise hits both alike; medians are
-reported. PyTorch runs each requested output patch size in its faster dense form (max filter +
-dilated convs, or MPF); its peak memory is sampled, and its best configuration within the
+reported. PyTorch runs each requested output patch size in both dense forms (max filter +
+dilated convs, and MPF); its peak memory is sampled, and its fastest configuration within the
 budget is the baseline. Throughput is dense output voxels per second of one patch (batch).
 """
 
@@ -104,7 +104,7 @@ def _torch_runners(net: Network, sizes: list[int], threads: int) -> list[_Runner
 @dataclass(frozen=True)
 class BenchResult:
     znni: list[Measurement]      # the planned configuration first, then other patch sizes
-    torch: list[Measurement]
+    torch: list[Measurement]     # every size and form
     budget: int
 
     @property
@@ -134,14 +134,8 @@ def run_bench(net: Network, plans: list[Plan], threads: int, budget: int, torch_
             runner.run()
             log.info("repeat %d: %s %s: %.2f s", r + 1, runner.label, runner.patch,
                      runner.times[-1])
-    # per size, PyTorch's faster form only
-    torch_best: dict[Vec3, Measurement] = {}
-    for m in (runner.result() for runner in torch_runners):
-        if m.output_patch not in torch_best or (m.voxels_per_second
-                                                > torch_best[m.output_patch].voxels_per_second):
-            torch_best[m.output_patch] = m
-    return BenchResult([runner.result() for runner in znni_runners], list(torch_best.values()),
-                       budget)
+    return BenchResult([runner.result() for runner in znni_runners],
+                       [runner.result() for runner in torch_runners], budget)
 
 
 def plot(result: BenchResult, path: str, title: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -78,6 +78,12 @@ class LayerPlan:
     cost: str = "none"             # where ``seconds`` came from: model, measured or none
 
 
+def held_bytes(layers: Sequence[LayerPlan]) -> int:
+    """Bytes held through a whole run: the input batch (the caller's buffer) and the
+    recombined dense output."""
+    return FLOAT_BYTES * (math.prod(layers[0].input_shape) + math.prod(layers[-1].output_shape))
+
+
 @dataclass(frozen=True)
 class Alternative:
     """A configuration the planner considered and did not pick, and why."""
@@ -117,11 +123,10 @@ class Plan:
 
     @property
     def peak_bytes(self) -> int:
-        """Σ resident + max working (each layer frees its input once it has run), plus the
-        input batch the caller holds throughout and the recombined dense output."""
-        held = FLOAT_BYTES * (math.prod(self.layers[0].input_shape)
-                              + math.prod(self.layers[-1].output_shape))
-        return self.resident_bytes + max(layer.working_bytes for layer in self.layers) + held
+        """Σ resident + max working (each layer frees its input once it has run), plus
+        :func:`held_bytes`."""
+        return (self.resident_bytes + max(layer.working_bytes for layer in self.layers)
+                + held_bytes(self.layers))
 
     @property
     def output_voxels(self) -> int:

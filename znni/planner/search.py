@@ -22,7 +22,7 @@ from ..errors import PlanError
 from ..primitives import PRIMITIVES
 from ..spec import Network, Vec3
 from .device import Device, this_machine
-from .plan import Alternative, LayerPlan, Plan, Planning, make_plan
+from .plan import Alternative, LayerPlan, Plan, Planning, held_bytes, make_plan
 from .tuning import EFFORTS, Record, TuningRecords, measure, record_key
 
 log = logging.getLogger("znni")
@@ -74,10 +74,8 @@ def _costed_plan(net: Network, patch: Vec3, batch: int, budget: int,
             seconds, source = costs.seconds(lp, shapes.layer)
             per_layer.append(replace(lp, seconds=seconds, cost=source))
         options.append(per_layer)
-    first, last = options[0][0], options[-1][0]
-    held = 4 * (math.prod(first.input_shape) + math.prod(last.output_shape))
     resident = sum(max(o.resident_bytes for o in layer) for layer in options)
-    room = budget - resident - held
+    room = budget - resident - held_bytes([options[0][0], options[-1][0]])
     chosen = []
     for layer_options in options:
         fitting = [o for o in layer_options if o.working_bytes <= room]
