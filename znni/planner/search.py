@@ -20,7 +20,7 @@ from dataclasses import replace
 from .. import config
 from ..errors import PlanError
 from ..primitives import PRIMITIVES
-from ..spec import Network, Vec3
+from ..spec import Layer, Network, Shape5, Vec3
 from .device import Device, this_machine
 from .plan import Alternative, LayerPlan, Plan, Planning, held_bytes, make_plan
 from .tuning import EFFORTS, Record, TuningRecords, measure, record_key
@@ -47,14 +47,14 @@ class CostModel:
         self.effort = effort
         self.corrections = records.corrections(device.threads) if records else {}
 
-    def seconds(self, lp: LayerPlan, layer: object) -> tuple[float, str]:
+    def seconds(self, lp: LayerPlan, layer: Layer) -> tuple[float, str]:
         primitive = PRIMITIVES[lp.primitive]
         if self.records is not None:
-            record = self.records.get(record_key(layer, lp.input_shape, lp.primitive,  # type: ignore[arg-type]
-                                                 self.device.threads), self.effort)
+            key = record_key(layer, lp.input_shape, lp.primitive, self.device.threads)
+            record = self.records.get(key, self.effort)
             if record is not None:
                 return record.seconds, "measured"
-        estimate = primitive.estimate(layer, lp.input_shape, self.device)  # type: ignore[arg-type]
+        estimate = primitive.estimate(layer, lp.input_shape, self.device)
         return estimate * self.corrections.get(lp.primitive, 1.0), "model"
 
 
@@ -227,7 +227,7 @@ def _measure_missing(net: Network, plans: list[Plan], costs: CostModel, records:
                      effort: str, threads: int) -> None:
     """Time every promising primitive of every layer shape in ``plans`` that has no record
     made at least as rigorously as ``effort``; store each timing as soon as it is taken."""
-    todo: dict[str, tuple[object, tuple[int, ...], str, float]] = {}
+    todo: dict[str, tuple[Layer, Shape5, str, float]] = {}
     for p in plans:
         for shapes in net.layer_shapes(p.output_patch, p.batch):
             estimates = {}
@@ -247,5 +247,5 @@ def _measure_missing(net: Network, plans: list[Plan], costs: CostModel, records:
                     todo[key] = (shapes.layer, shapes.input, name, estimate)
     for n, (key, (layer, shape_in, name, estimate)) in enumerate(todo.items(), 1):
         log.info("tuning %d/%d: %s on %s", n, len(todo), name, shape_in)
-        times = measure(layer, shape_in, name, threads, effort)  # type: ignore[arg-type]
+        times = measure(layer, shape_in, name, threads, effort)
         records.add({key: Record(sorted(times)[len(times) // 2], times, effort, estimate)})
