@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 import znni
 from znni.errors import ShapeError
+from znni.planner.plan import make_plan
+from znni.primitives import in_place
 from znni.reference import forward
 
 from .conftest import net_from_layers, random_volume, relative_error
@@ -165,3 +167,37 @@ def test_unknown_primitive_is_a_clear_error() -> None:
     with pytest.raises(znni.ZnniError, match="cannot run"):
         znni.infer(znni.load("tiny").random_weights(0), random_volume((12, 12, 12)),
                    primitives="winograd")
+
+
+@pytest.mark.parametrize("primitive", ["direct", "fft-pruned", "fft-pruned-lean"])
+def test_in_place_layers_equal_the_oracle(primitive: str) -> None:
+    """Every layer after the first written over its input, largest and smallest pass size;
+    batch 1 (the first pool's single sample split by maps) and 2."""
+    net = net_from_layers([
+        {"type": "conv", "kernel": [3, 3, 1], "out_channels": 4, "activation": "relu"},
+        {"type": "pool", "window": [2, 2, 2]},
+        {"type": "conv", "kernel": [2, 3, 3], "out_channels": 3, "activation": "tanh"},
+        {"type": "pool", "window": [1, 2, 2]},
+        {"type": "conv", "kernel": [3, 1, 3], "out_channels": 2, "activation": "linear"},
+    ], input_channels=1, seed=21)
+    patch = (4, 8, 4)
+    batch = 1 if primitive == "direct" else 2
+    base = make_plan(net, patch, batch, primitive)
+    for pick in (0, -1):  # the largest and the smallest pass of every layer
+        units = {lp.index: in_place.groups(net.layers[lp.index], lp.input_shape)[pick]
+                 for lp in base.layers[1:]}
+        plan = make_plan(net, patch, batch, primitive, units)
+        for lp, fresh in zip(plan.layers[1:], base.layers[1:]):
+            assert lp.in_place and lp.working_bytes < fresh.working_bytes
+        fov = net.fov
+        vol = random_volume((fov[0] + 9, fov[1] + 13, fov[2] + 6), seed=22)
+        out = znni.infer(net, vol, plan=plan)
+        assert relative_error(out, forward(net, vol)) < TOL
+
+
+def test_in_place_is_refused_where_it_cannot_work() -> None:
+    net = znni.load("tiny").random_weights(0)
+    with pytest.raises(znni.ZnniError, match="cannot run in place"):
+        make_plan(net, net.fragmentation, 1, None, {0: 1})
+    with pytest.raises(znni.ZnniError, match="cannot run in place"):
+        make_plan(net, net.fragmentation, 2, None, {2: 16})  # all 16 samples: no gain

@@ -13,6 +13,7 @@ import znni
 from znni.errors import PlanError
 from znni.planner import Device, Plan, make_plan, plan
 from znni.planner import search as search_module
+from znni.planner import tuning
 from znni.planner.tuning import TuningRecords
 from znni.reference import forward
 
@@ -120,7 +121,8 @@ def test_a_slower_device_predicts_less_and_plans_alike() -> None:
         "direct_flops", "mac_flops", "fft_flops", "bandwidth", "peak_flops")}
     slow = Device.from_dict(slow_data)
     a, b = plan(net, 4 * GIB, device=fast), plan(net, 4 * GIB, device=slow)
-    assert math.isclose(a.predicted_throughput, 4 * b.predicted_throughput, rel_tol=1e-6)
+    # Rates scale every cost but the Python per block of in-place transpositions.
+    assert math.isclose(a.predicted_throughput, 4 * b.predicted_throughput, rel_tol=1e-3)
 
 
 @pytest.fixture
@@ -147,6 +149,26 @@ def test_measure_effort_records_every_candidate_and_reuses_them(records, monkeyp
     assert again.layers == first.layers
     with pytest.raises(AssertionError, match="measured again"):
         plan(net, 64 << 20, effort="exhaustive")  # needs more rigour than was recorded
+
+
+def test_long_runs_are_timed_once_without_warmup(monkeypatch) -> None:
+    """A multi-second layer is not run four times: its first run counts, the cap stops."""
+    net = znni.load("tiny").random_weights(0)
+    layer, shape = net.layers[0], net.layer_shapes(net.fragmentation)[0].input
+    assert len(tuning.measure(layer, shape, "direct", 1, "measure")) == 3
+    monkeypatch.setattr(tuning, "LONG_RUN_SECONDS", 0.0)
+    monkeypatch.setitem(tuning.EFFORTS, "measure", (1, 3, 0.0))
+    assert len(tuning.measure(layer, shape, "direct", 1, "measure")) == 1
+
+
+def test_tight_budgets_run_layers_in_place() -> None:
+    """n537 at 4 GiB: its 80-map tensors only leave room for FFT when written in place."""
+    net = znni.load("n537")
+    p = plan(net, 4 * GIB, device=DEVICE)
+    assert any(lp.in_place for lp in p.layers) and p.peak_bytes <= 4 * GIB
+    fresh = min(search_module.layer_options(net.layer_shapes(p.output_patch)[1]),
+                key=lambda lp: lp.working_bytes)
+    assert fresh.in_place  # the first pool's leanest form is in place
 
 
 def test_damaged_records_are_set_aside(records) -> None:

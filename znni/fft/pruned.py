@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -72,6 +73,15 @@ def _ensure_wisdom() -> None:
             pass
 
 
+_planned = [0]  # transforms planned by measuring in this process (wisdom was missing)
+
+
+def plans_measured() -> int:
+    """How many transforms this process has planned by measuring: a run during which this
+    grows spent time planning that later runs will not (tuning does not time such runs)."""
+    return _planned[0]
+
+
 def save_wisdom() -> None:
     """Persist FFTW wisdom gathered by this process (atomic replace; last writer wins)."""
     with _wisdom_lock:
@@ -92,18 +102,22 @@ def _plan(src: np.ndarray, dst: np.ndarray, axis: int, direction: str, threads: 
 PassSpec = tuple[np.ndarray, np.ndarray, int, str]
 
 
-def _plans(buffer: np.ndarray, passes: list[PassSpec], threads: int) -> list[pyfftw.FFTW]:
-    """Plans for ``passes`` over views of ``buffer``, leaving its contents intact: FFTW's
-    measuring planner overwrites its arrays, so without wisdom the data is saved and restored."""
+def _plans(passes: list[PassSpec], threads: int,
+           keep: np.ndarray | None = None) -> list[pyfftw.FFTW]:
+    """Plans for ``passes``. FFTW's measuring planner overwrites its arrays: without wisdom,
+    ``keep`` (the buffer holding data, if any) is saved and restored. Callers plan before
+    their data arrives wherever they can, so that no copy is made."""
     _ensure_wisdom()
     if config.fftw_effort() == "FFTW_ESTIMATE":
         return [_plan(*p, threads) for p in passes]
     try:
         return [_plan(*p, threads, wisdom_only=True) for p in passes]
     except RuntimeError:  # no wisdom yet for some pass: measure (first time per shape only)
-        saved = buffer.copy()
+        saved = None if keep is None else keep.copy()
         plans = [_plan(*p, threads) for p in passes]
-        buffer[...] = saved
+        _planned[0] += len(plans)
+        if keep is not None:
+            keep[...] = saved
         save_wisdom()
         return plans
 
@@ -146,7 +160,7 @@ def xy_passes(x: np.ndarray, shape: SpectralShape, threads: int) -> np.ndarray:
     half = shape.half
     rows = pyfftw.empty_aligned((batch, a, b, n2), dtype=np.float32)
     line = pyfftw.empty_aligned((batch, a, b, half), dtype=np.complex64)
-    x_pass = _plans(line, [(rows, line, 3, "FFTW_FORWARD")], threads)[0]
+    x_pass = _plans([(rows, line, 3, "FFTW_FORWARD")], threads)[0]
     rows[..., :c] = x  # filled after planning: a measuring planner scribbles on its arrays
     rows[..., c:] = 0
     x_pass.execute()
@@ -185,10 +199,10 @@ def forward(x: np.ndarray, shape: SpectralShape, threads: int,
         a, b = n0, n1  # every line is transformed (the baseline pruning is measured against)
     real = spec.view(np.float32)
     rows = real[:, :a, :b, :n2]
-    plans = _plans(spec, [(rows, spec[:, :a, :b, :], 3, "FFTW_FORWARD"),
-                          (spec[:, :a], spec[:, :a], 2, "FFTW_FORWARD"),
-                          (spec, spec, 1, "FFTW_FORWARD")], threads)
-    rows[...] = 0
+    plans = _plans([(rows, spec[:, :a, :b, :], 3, "FFTW_FORWARD"),
+                    (spec[:, :a], spec[:, :a], 2, "FFTW_FORWARD"),
+                    (spec, spec, 1, "FFTW_FORWARD")], threads)
+    rows[...] = 0  # filled after planning
     rows[:, :x.shape[1], :x.shape[2], :c] = x
     plans[0].execute()
     spec[:, :a, b:, :] = 0
@@ -205,18 +219,24 @@ def forward_unpruned(x: np.ndarray, shape: SpectralShape, threads: int,
 
 
 def inverse_cropped(spec: np.ndarray, shape: SpectralShape, start: tuple[int, int, int],
-                    stop: tuple[int, int, int], threads: int) -> np.ndarray:
+                    stop: tuple[int, int, int], threads: int,
+                    fill: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
     """Real ``(B, stop−start)`` block of the unnormalised c2r inverse of ``spec`` (destroyed):
-    after the z pass only planes [start0, stop0) and then rows [start1, stop1) are transformed."""
+    after the z pass only planes [start0, stop0) and then rows [start1, stop1) are transformed.
+    With ``fill``, ``spec`` is empty and ``fill(spec)`` writes the spectrum once planned
+    (no copy of it is kept while FFTW measures)."""
     s0, s1, s2 = start
     e0, e1, e2 = stop
     n2 = shape.size[2]
     real = spec.view(np.float32)
     planes = spec[:, s0:e0]
     rows = spec[:, s0:e0, s1:e1, :]
-    plans = _plans(spec, [(spec, spec, 1, "FFTW_BACKWARD"),
-                          (planes, planes, 2, "FFTW_BACKWARD"),
-                          (rows, real[:, s0:e0, s1:e1, :n2], 3, "FFTW_BACKWARD")], threads)
+    plans = _plans([(spec, spec, 1, "FFTW_BACKWARD"),
+                    (planes, planes, 2, "FFTW_BACKWARD"),
+                    (rows, real[:, s0:e0, s1:e1, :n2], 3, "FFTW_BACKWARD")], threads,
+                   keep=None if fill else spec)
+    if fill is not None:
+        fill(spec)
     for plan in plans:
         plan.execute()
     return real[:, s0:e0, s1:e1, s2:e2]

@@ -14,6 +14,7 @@ import os
 import platform
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,7 @@ def bundled_devices() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.json"))}
 
 
+@cache
 def cpu_model() -> str:
     """The CPU's model name (tuning records and device caches are per model)."""
     try:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from ..errors import PlanError
-from ..primitives import PRIMITIVES
+from ..primitives import PRIMITIVES, in_place
 from ..primitives.base import FLOAT_BYTES
 from ..spec import Layer, Network, Pool, Shape5, Vec3
 
@@ -76,6 +76,7 @@ class LayerPlan:
     flops: int
     seconds: float | None = None   # predicted time of one run (None: not costed)
     cost: str = "none"             # where ``seconds`` came from: model, measured or none
+    in_place: int = 0              # units per pass over the input buffer (0: fresh output)
 
 
 def held_bytes(layers: Sequence[LayerPlan]) -> int:
@@ -171,6 +172,7 @@ class Plan:
             batch = int(data["batch"])
             layers = list(data["layers"])
             primitives = {int(layer["index"]): str(layer["primitive"]) for layer in layers}
+            passes = {int(layer["index"]): _count(layer.get("in_place", 0)) for layer in layers}
             costs = {int(layer["index"]): (_optional_seconds(layer.get("seconds")),
                                            _cost_source(layer.get("cost", "none")))
                      for layer in layers}
@@ -181,7 +183,7 @@ class Plan:
             raise PlanError(f"malformed plan: {exc!r}", "re-create it with `znni plan`") from None
         if len(patch) != 3:
             raise PlanError("plan output_patch must have 3 entries", "use [z, y, x]")
-        plan = make_plan(net, (patch[0], patch[1], patch[2]), batch, primitives)
+        plan = make_plan(net, (patch[0], patch[1], patch[2]), batch, primitives, passes)
         layers_out = tuple(replace(lp, seconds=costs[lp.index][0], cost=costs[lp.index][1])
                            for lp in plan.layers)
         return replace(plan, layers=layers_out, planning=planning, alternatives=alternatives)
@@ -202,6 +204,12 @@ def _optional_seconds(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise ValueError(f"seconds must be a non-negative number, got {value!r}")
     return float(value)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"in_place must be a non-negative integer, got {value!r}")
+    return value
 
 
 def _cost_source(value: Any) -> str:
@@ -236,9 +244,11 @@ def _alternative(data: Any) -> Alternative:
 
 
 def make_plan(net: Network, output_patch: Vec3, batch: int = 1,
-              primitives: PrimitiveChoice = None) -> Plan:
+              primitives: PrimitiveChoice = None,
+              in_place_units: Mapping[int, int] | None = None) -> Plan:
     """The plan running ``net`` on ``output_patch``: ``primitives`` is ``"auto"``/None, one
-    primitive name for every conv layer (e.g. ``"direct"``), or a per-layer mapping."""
+    primitive name for every conv layer (e.g. ``"direct"``), or a per-layer mapping;
+    ``in_place_units`` maps layers to run in place to their units per pass."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise PlanError(f"batch must be a positive integer, got {batch!r}", "use batch=1")
     unknown = (set(primitives) if isinstance(primitives, Mapping) else set()) - set(
@@ -257,12 +267,26 @@ def make_plan(net: Network, output_patch: Vec3, batch: int = 1,
             options = [p for p, prim in PRIMITIVES.items() if prim.supports(layer)]
             raise PlanError(f"layer {shapes.index} ({layer.kind}): primitive {name!r} cannot run it",
                             f"use one of {options}")
-        memory = primitive.memory(layer, shapes.input)
+        group = (in_place_units or {}).get(shapes.index, 0)
+        if group:
+            _check_in_place(shapes.index, layer, shapes.input, group)
+            memory = in_place.memory(primitive, layer, shapes.input, group)
+        else:
+            memory = primitive.memory(layer, shapes.input)
         layers.append(LayerPlan(shapes.index, layer.kind, name, shapes.input, shapes.output,
                                 memory.resident, memory.working,
-                                primitive.flops(layer, shapes.input)))
+                                primitive.flops(layer, shapes.input), in_place=group))
     return Plan(net.name, network_digest(net), net.check_patch(output_patch),
                 net.input_size(output_patch), batch, tuple(layers))
+
+
+def _check_in_place(index: int, layer: Layer, shape_in: Shape5, group: int) -> None:
+    units = in_place.units(layer, shape_in)
+    if index == 0 or not in_place.groups(layer, shape_in) or not 1 <= group < units:
+        raise PlanError(
+            f"layer {index} cannot run in place with {group} units per pass",
+            "in place needs a layer after the first whose output is smaller than its input, "
+            f"and 1 ≤ units per pass < {units}; use 0 for a fresh output")
 
 
 def default_patch(net: Network, output_extent: Vec3, budget: int,

@@ -16,6 +16,8 @@ def _rate(voxels_per_second: float | None) -> str:
 
 
 def format_plan(plan: Plan) -> str:
+    """Header, per-layer table ("in place": units per pass written over the layer's input;
+    samples for convs, sample maps for pools) and the alternatives."""
     lines = [(f"network {plan.network}: output patch {_shape(plan.output_patch)} "
               f"(input {_shape(plan.input_patch)}), batch {plan.batch}")]
     if plan.planning is not None:
@@ -25,11 +27,12 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"predicted {_rate(plan.predicted_throughput)}, peak memory "
                  f"{plan.peak_bytes / GIB:.2f} GiB")
     lines.append("")
-    lines.append(f"{'layer':>5} {'kind':<5} {'primitive':<16} {'input (S,C,Z,Y,X)':<24} "
-                 f"{'working':>10} {'seconds':>9} {'cost':<8}")
+    lines.append(f"{'layer':>5} {'kind':<5} {'primitive':<16} {'in place':>8} "
+                 f"{'input (S,C,Z,Y,X)':<24} {'working':>10} {'seconds':>9} {'cost':<8}")
     for lp in plan.layers:
         seconds = "-" if lp.seconds is None else f"{lp.seconds:.3f}"
-        lines.append(f"{lp.index:>5} {lp.kind:<5} {lp.primitive:<16} "
+        passes = f"{lp.in_place}/pass" if lp.in_place else "-"
+        lines.append(f"{lp.index:>5} {lp.kind:<5} {lp.primitive:<16} {passes:>8} "
                      f"{_shape(lp.input_shape):<24} {lp.working_bytes / GIB:>6.2f} GiB "
                      f"{seconds:>9} {lp.cost:<8}")
     if plan.alternatives:

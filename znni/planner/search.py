@@ -14,13 +14,15 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import statistics
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import cache
 
 from .. import config
 from ..errors import PlanError
-from ..primitives import PRIMITIVES
-from ..spec import Layer, Network, Shape5, Vec3
+from ..primitives import PRIMITIVES, in_place
+from ..spec import Layer, LayerShapes, Network, Shape5, Vec3
 from .device import Device, this_machine
 from .plan import Alternative, LayerPlan, Plan, Planning, held_bytes, make_plan
 from .tuning import EFFORTS, Record, TuningRecords, measure, record_key
@@ -30,10 +32,12 @@ log = logging.getLogger("znni")
 EFFORT_LEVELS = ("estimate", *EFFORTS)
 #: Batches tried for every patch: batching amortises kernel transforms and small-image layers.
 BATCHES = (1, 2, 4)
-#: Plans whose layers are measured by effort=measure (exhaustive: twice as many).
+#: Candidate plans whose layers effort=measure times at most (exhaustive: twice as many).
 MEASURED_CANDIDATES = 3
-#: Unmeasured primitives slower than this factor × the layer's best estimate are not timed.
-MEASURE_WITHIN = 2.0
+#: A candidate is timed only if predicted within this fraction of the best measured one.
+MEASURE_MARGIN = 0.1
+#: Primitives slower than this factor × a layer's best estimate are not timed (measure).
+MEASURE_WITHIN = 1.5
 #: Fraction of the available RAM the default budget takes (the rest: volumes, Python, libs).
 DEFAULT_BUDGET_FRACTION = 0.8
 
@@ -46,16 +50,57 @@ class CostModel:
         self.records = records
         self.effort = effort
         self.corrections = records.corrections(device.threads) if records else {}
+        self._known: dict[tuple[str, Layer, Shape5], tuple[float, str]] = {}
 
     def seconds(self, lp: LayerPlan, layer: Layer) -> tuple[float, str]:
-        primitive = PRIMITIVES[lp.primitive]
+        shape = _timed_shape(lp, layer)
+        pass_seconds, source = self._pass_seconds(lp.primitive, layer, shape)
+        if lp.in_place:
+            return in_place.seconds(pass_seconds, layer, lp.input_shape, lp.in_place,
+                                    self.device), source
+        return pass_seconds, source
+
+    def _pass_seconds(self, name: str, layer: Layer, shape: Shape5) -> tuple[float, str]:
+        key = (name, layer, shape)
+        if key not in self._known:
+            self._known[key] = self._lookup(name, layer, shape)
+        return self._known[key]
+
+    def _lookup(self, name: str, layer: Layer, shape: Shape5) -> tuple[float, str]:
         if self.records is not None:
-            key = record_key(layer, lp.input_shape, lp.primitive, self.device.threads)
-            record = self.records.get(key, self.effort)
+            record = self.records.get(record_key(layer, shape, name, self.device.threads),
+                                      self.effort)
             if record is not None:
                 return record.seconds, "measured"
-        estimate = primitive.estimate(layer, lp.input_shape, self.device)
-        return estimate * self.corrections.get(lp.primitive, 1.0), "model"
+        estimate = PRIMITIVES[name].estimate(layer, shape, self.device)
+        return estimate * self.corrections.get(name, 1.0), "model"
+
+
+def _timed_shape(lp: LayerPlan, layer: Layer) -> Shape5:
+    """The shape a layer's primitive runs on: the whole input, or one in-place pass."""
+    if lp.in_place:
+        return in_place.pass_shape(layer, lp.input_shape, lp.in_place)
+    return lp.input_shape
+
+
+@cache
+def layer_options(shapes: LayerShapes) -> tuple[LayerPlan, ...]:
+    """Every way to run one layer: each supporting primitive on a fresh output tensor and,
+    after the first layer, over its own input at each pass size (uncosted)."""
+    layer, shape = shapes.layer, shapes.input
+    out = []
+    for name, primitive in PRIMITIVES.items():
+        if not primitive.supports(layer):
+            continue
+        flops = primitive.flops(layer, shape)
+        memory = primitive.memory(layer, shape)
+        out.append(LayerPlan(shapes.index, layer.kind, name, shape, shapes.output,
+                             memory.resident, memory.working, flops))
+        for group in in_place.groups(layer, shape) if shapes.index > 0 else ():
+            memory = in_place.memory(primitive, layer, shape, group)
+            out.append(LayerPlan(shapes.index, layer.kind, name, shape, shapes.output,
+                                 memory.resident, memory.working, flops, in_place=group))
+    return tuple(out)
 
 
 def _costed_plan(net: Network, patch: Vec3, batch: int, budget: int,
@@ -64,26 +109,24 @@ def _costed_plan(net: Network, patch: Vec3, batch: int, budget: int,
     options: list[list[LayerPlan]] = []
     for shapes in net.layer_shapes(patch, batch):
         per_layer = []
-        for name, primitive in PRIMITIVES.items():
-            if not primitive.supports(shapes.layer):
-                continue
-            memory = primitive.memory(shapes.layer, shapes.input)
-            lp = LayerPlan(shapes.index, shapes.layer.kind, name, shapes.input, shapes.output,
-                           memory.resident, memory.working,
-                           primitive.flops(shapes.layer, shapes.input))
+        for lp in layer_options(shapes):
             seconds, source = costs.seconds(lp, shapes.layer)
             per_layer.append(replace(lp, seconds=seconds, cost=source))
         options.append(per_layer)
     resident = sum(max(o.resident_bytes for o in layer) for layer in options)
     room = budget - resident - held_bytes([options[0][0], options[-1][0]])
     chosen = []
-    for layer_options in options:
-        fitting = [o for o in layer_options if o.working_bytes <= room]
+    for per_layer in options:
+        fitting = [o for o in per_layer if o.working_bytes <= room]
         if not fitting:
             return None
         chosen.append(min(fitting, key=lambda o: o.seconds))  # type: ignore[arg-type,return-value]
-    plan = make_plan(net, patch, batch, {lp.index: lp.primitive for lp in chosen})
-    return replace(plan, layers=tuple(chosen))
+    return replace(_plan_of(net, patch, batch, chosen), layers=tuple(chosen))
+
+
+def _plan_of(net: Network, patch: Vec3, batch: int, layers: list[LayerPlan]) -> Plan:
+    return make_plan(net, patch, batch, {lp.index: lp.primitive for lp in layers},
+                     {lp.index: lp.in_place for lp in layers})
 
 
 def _patches(net: Network, extent: Vec3 | None) -> Iterator[list[Vec3]]:
@@ -106,6 +149,13 @@ def _patches(net: Network, extent: Vec3 | None) -> Iterator[list[Vec3]]:
         yield sorted(group)
 
 
+def candidates(net: Network, budget: int, costs: CostModel, extent: Vec3 | None = None,
+               batches: tuple[int, ...] = BATCHES) -> list[Plan]:
+    """Every (patch, batch) that fits ``budget``, each with its fastest assignment of ways to
+    run its layers under ``costs``, best first."""
+    return _search(net, budget, costs, extent, batches)[0]
+
+
 def _search(net: Network, budget: int, costs: CostModel, extent: Vec3 | None,
             batches: tuple[int, ...]) -> tuple[list[Plan], list[Alternative]]:
     """Every fitting candidate, best first, and the first patches that did not fit."""
@@ -123,7 +173,7 @@ def _search(net: Network, budget: int, costs: CostModel, extent: Vec3 | None,
                 plan = _costed_plan(net, patch, batch, budget, costs)
                 if plan is None:
                     if batch == 1 and len(too_big) < 2:
-                        lean = make_plan(net, patch, 1, _leanest(net, patch))
+                        lean = _leanest(net, patch)
                         too_big.append(Alternative(
                             patch, 1, tuple(lp.primitive for lp in lean.layers), None,
                             lean.peak_bytes, f"needs {lean.peak_bytes / 2**30:.2f} GiB at least, "
@@ -137,14 +187,11 @@ def _search(net: Network, budget: int, costs: CostModel, extent: Vec3 | None,
     return found, too_big
 
 
-def _leanest(net: Network, patch: Vec3) -> dict[int, str]:
-    """Per layer, the primitive with the least working memory."""
-    choice = {}
-    for shapes in net.layer_shapes(patch, 1):
-        names = [n for n, p in PRIMITIVES.items() if p.supports(shapes.layer)]
-        choice[shapes.index] = min(names, key=lambda n: PRIMITIVES[n].memory(
-            shapes.layer, shapes.input).working)
-    return choice
+def _leanest(net: Network, patch: Vec3) -> Plan:
+    """The plan with the least working memory per layer."""
+    leanest = [min(layer_options(shapes), key=lambda o: o.working_bytes)
+               for shapes in net.layer_shapes(patch, 1)]
+    return _plan_of(net, patch, 1, leanest)
 
 
 def default_budget() -> int:
@@ -170,22 +217,12 @@ def plan(net: Network, memory: int | str | None = None, threads: int | None = No
         raise PlanError("effort measure/exhaustive times kernels on this machine",
                         "drop --device, or plan with --effort estimate")
     records = TuningRecords() if on_this_machine else None
-    costs = CostModel(dev, records, effort if effort != "estimate" else "measure")
-    found, too_big = _search(net, budget, costs, extent, batches)
-    if effort != "estimate":
-        # Time the layers of the model's leading candidates (deterministic, so a repeated plan
-        # finds them recorded), then re-rank with measured costs; the plan is the best
-        # candidate whose every layer was timed.
+    if effort == "estimate":  # records of any rigour still beat the model
+        found, too_big = _search(net, budget, CostModel(dev, records, "measure"), extent,
+                                 batches)
+    else:
         assert records is not None
-        count = MEASURED_CANDIDATES * (2 if effort == "exhaustive" else 1)
-        model_ranked, _ = _search(net, budget, CostModel(dev, None, effort), extent, batches)
-        _measure_missing(net, model_ranked[:count], costs, records, effort, dev.threads)
-        costs = CostModel(dev, records, effort)
-        found, too_big = _search(net, budget, costs, extent, batches)
-        measured = [p for p in found if _measured(p)]
-        if measured and not _measured(found[0]):
-            found.remove(measured[0])
-            found.insert(0, measured[0])
+        found, too_big = _tune(net, budget, dev, records, effort, extent, batches)
     if not found:
         lean = too_big[0] if too_big else None
         need = f"{lean.peak_bytes / 2**30:.2f} GiB" if lean else "more memory"
@@ -196,6 +233,31 @@ def plan(net: Network, memory: int | str | None = None, threads: int | None = No
     alternatives = [_as_alternative(p, best) for p in _distinct(found[1:], best)[:3]] + too_big
     return replace(best, planning=Planning(budget, dev.threads, dev.name, effort),
                    alternatives=tuple(alternatives))
+
+
+def _tune(net: Network, budget: int, dev: Device, records: TuningRecords, effort: str,
+          extent: Vec3 | None, batches: tuple[int, ...]) -> tuple[list[Plan], list[Alternative]]:
+    """Candidates ranked by measured costs: time the layers of the best candidate not yet
+    fully measured, re-rank (unmeasured shapes now use the corrected model), and repeat while
+    such a candidate is predicted within MEASURE_MARGIN of the best measured one (at most
+    MEASURED_CANDIDATES rounds; exhaustive: twice as many). The best measured candidate
+    leads. Deterministic, so a repeated plan finds its timings recorded."""
+    rounds = MEASURED_CANDIDATES * (2 if effort == "exhaustive" else 1)
+    while True:
+        costs = CostModel(dev, records, effort)
+        found, too_big = _search(net, budget, costs, extent, batches)
+        measured = [p for p in found if _measured(p)]
+        pending = [p for p in found if not _measured(p)]
+        if not pending or rounds == 0 or (measured and (pending[0].predicted_throughput or 0)
+                                          < (1 - MEASURE_MARGIN)
+                                          * (measured[0].predicted_throughput or 0)):
+            break
+        measure_layers(net, pending[0], costs, records, effort, dev.threads)
+        rounds -= 1
+    if measured and found[0] is not measured[0]:
+        found.remove(measured[0])
+        found.insert(0, measured[0])
+    return found, too_big
 
 
 def _measured(p: Plan) -> bool:
@@ -223,29 +285,42 @@ def _as_alternative(p: Plan, best: Plan) -> Alternative:
                        f"predicted {100 * ratio:.0f} % of the chosen plan's throughput")
 
 
-def _measure_missing(net: Network, plans: list[Plan], costs: CostModel, records: TuningRecords,
-                     effort: str, threads: int) -> None:
-    """Time every promising primitive of every layer shape in ``plans`` that has no record
-    made at least as rigorously as ``effort``; store each timing as soon as it is taken."""
+def measure_layers(net: Network, plan: Plan, costs: CostModel, records: TuningRecords,
+                   effort: str, threads: int, within: float = MEASURE_WITHIN) -> None:
+    """Time, per layer of ``plan``, its chosen way and the other fitting ways whose modelled
+    time is within ``within`` × the layer's best — per primitive its fresh form and its largest
+    fitting in-place pass (smaller passes only redo more per-pass work); exhaustive: every
+    fitting way — unless recorded at least as rigorously as ``effort``. Each timing is stored
+    as soon as it is taken."""
+    room = plan.peak_bytes - held_bytes(plan.layers) - plan.resident_bytes
     todo: dict[str, tuple[Layer, Shape5, str, float]] = {}
-    for p in plans:
-        for shapes in net.layer_shapes(p.output_patch, p.batch):
-            estimates = {}
-            for name, primitive in PRIMITIVES.items():
-                if not primitive.supports(shapes.layer):
-                    continue
-                working = primitive.memory(shapes.layer, shapes.input).working
-                if working > p.peak_bytes * 1.5:
-                    continue  # would not fit where this plan fits
-                estimates[name] = primitive.estimate(shapes.layer, shapes.input, costs.device)
-            best = min(estimates.values())
-            for name, estimate in estimates.items():
-                if effort != "exhaustive" and estimate > MEASURE_WITHIN * best:
-                    continue
-                key = record_key(shapes.layer, shapes.input, name, threads)
-                if records.get(key, effort) is None and key not in todo:
-                    todo[key] = (shapes.layer, shapes.input, name, estimate)
+    for shapes, picked in zip(net.layer_shapes(plan.output_patch, plan.batch), plan.layers):
+        fitting = [lp for lp in layer_options(shapes)
+                   if lp.working_bytes <= max(room, picked.working_bytes)]
+        largest = {lp.primitive: lp.in_place for lp in sorted(fitting, key=lambda o: o.in_place)}
+        modelled = {}
+        for lp in fitting:
+            if (effort != "exhaustive" and lp.in_place not in (0, largest[lp.primitive])
+                    and _way(lp) != _way(picked)):
+                continue
+            shape = _timed_shape(lp, shapes.layer)
+            pass_seconds = PRIMITIVES[lp.primitive].estimate(shapes.layer, shape, costs.device)
+            total = (in_place.seconds(pass_seconds, shapes.layer, lp.input_shape, lp.in_place,
+                                      costs.device) if lp.in_place else pass_seconds)
+            modelled[(lp.primitive, shape)] = (total, pass_seconds,
+                                               _way(lp) == _way(picked))
+        best = min(total for total, _, _ in modelled.values())
+        for (name, shape), (total, pass_seconds, is_picked) in modelled.items():
+            if not is_picked and effort != "exhaustive" and total > within * best:
+                continue
+            key = record_key(shapes.layer, shape, name, threads)
+            if records.get(key, effort) is None:
+                todo.setdefault(key, (shapes.layer, shape, name, pass_seconds))
     for n, (key, (layer, shape_in, name, estimate)) in enumerate(todo.items(), 1):
         log.info("tuning %d/%d: %s on %s", n, len(todo), name, shape_in)
         times = measure(layer, shape_in, name, threads, effort)
-        records.add({key: Record(sorted(times)[len(times) // 2], times, effort, estimate)})
+        records.add({key: Record(statistics.median(times), times, effort, estimate)})
+
+
+def _way(lp: LayerPlan) -> tuple[str, int]:
+    return lp.primitive, lp.in_place

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__, config
+from ..fft.pruned import plans_measured
 from ..primitives import PRIMITIVES
 from ..primitives.base import padded_empty
 from ..spec import Conv, Layer, Pool, Shape5
@@ -31,9 +32,14 @@ from .device import cpu_model
 
 log = logging.getLogger("znni")
 
-#: Rigour of each effort: (untimed warm-up runs, timed repetitions). A record serves any effort
-#: at most as rigorous as the one that made it.
-EFFORTS = {"measure": (1, 3), "exhaustive": (2, 5)}
+#: Rigour of each effort: (untimed warm-up runs, timed repetitions, seconds after which no
+#: further repetition starts). A record serves any effort at most as rigorous as the one that
+#: made it.
+EFFORTS = {"measure": (1, 3, 6.0), "exhaustive": (2, 5, 20.0)}
+#: A run this long is timed even when it would be a warm-up (unless it planned FFTW
+#: transforms): its other one-time costs are small beside it, and repeating it would make
+#: tuning take hours.
+LONG_RUN_SECONDS = 2.0
 _RANK = {"measure": 1, "exhaustive": 2}
 
 
@@ -121,8 +127,9 @@ def _locked(path: Path) -> Iterator[None]:
 def measure(layer: Layer, shape_in: Shape5, primitive: str, threads: int,
             effort: str) -> tuple[float, ...]:
     """Wall times of ``primitive`` on ``layer`` for ``shape_in`` (random weights and input),
-    after the effort's warm-up runs (kernels compiled, FFTW plans measured)."""
-    warmup, repeats = EFFORTS[effort]
+    after the effort's warm-up runs (kernels compiled, FFTW plans measured); long runs are
+    repeated only until the effort's time cap."""
+    warmup, repeats, cap = EFFORTS[effort]
     rng = np.random.default_rng(0)
     weights: Any = None
     if isinstance(layer, Conv):
@@ -133,10 +140,14 @@ def measure(layer: Layer, shape_in: Shape5, primitive: str, threads: int,
     step = PRIMITIVES[primitive].prepare(0, layer, shape_in, weights, threads)
     x = padded_empty(shape_in, step.input_slack)
     x[...] = rng.random(shape_in, dtype=np.float32)
-    times = []
-    for run in range(warmup + repeats):
+    times: list[float] = []
+    runs = 0
+    while len(times) < repeats and sum(times) < cap:
+        planned = plans_measured()
         start = time.perf_counter()
         step.run(x, 0)
-        if run >= warmup:
-            times.append(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        runs += 1
+        if runs > warmup or (seconds >= LONG_RUN_SECONDS and plans_measured() == planned):
+            times.append(seconds)
     return tuple(times)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -59,4 +60,4 @@ def padded_empty(shape: tuple[int, ...], slack: int) -> np.ndarray:
 
 
 def tensor_bytes(shape: Shape5) -> int:
-    return int(np.prod(shape)) * FLOAT_BYTES
+    return math.prod(shape) * FLOAT_BYTES

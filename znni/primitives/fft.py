@@ -7,9 +7,11 @@ One algorithm, three schedules, two transform kinds — five primitives:
 - ``fft-pruned-data`` / ``fft-data`` (data-parallel, algorithm 1): output maps are accumulated a
   few at a time and inverse-transformed at once, so only S·(few) output spectra ever exist — the
   lean choice for the first layer's huge images.
-- ``fft-pruned-lean``: the data-parallel schedule one sample at a time, so only one sample's
-  spectra exist; kernel data is remade per sample. For layers whose S·f spectra do not fit
-  (n537's S=8, 95³ layer at a 4 GiB budget), where the alternative is direct convolution.
+- ``fft-pruned-lean``: the data-parallel schedule a few samples at a time (as many as keep a
+  pass's spectra within LEAN_PASS_FRACTION of the layer's input + output tensors, at least
+  one); kernel data is remade per pass. For layers whose S·f spectra do not fit (n537's S=8,
+  95³ layer or its S=512, 20³ layer at a 4 GiB budget), where the alternative is direct
+  convolution.
 
 Every schedule transforms each kernel once per patch and reuses it for all S samples (kernels
 are transformed in blocks of ``out_chunk × in_block`` maps, sized to a fixed scratch budget).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,6 +54,10 @@ if TYPE_CHECKING:
 KERNEL_BLOCK_BYTES = 256 << 20
 #: Output maps accumulated at once by the data-parallel schedule (at most).
 DATA_PARALLEL_CHUNK = 4
+#: The lean schedule's spectra per pass, as a fraction of the layer's input + output bytes:
+#: small enough to fit where the tensors barely do, large enough that kernel data remade per
+#: pass is amortised over several samples.
+LEAN_PASS_FRACTION = 0.25
 #: L2 bytes for one MAC task's output tile plus one L1 block of its input tile.
 MAC_TILE_BYTES = 1 << 20
 
@@ -81,7 +88,7 @@ class FftGeometry:
     tile: int           # frequencies per tile of the tiled planar layout
     fused: bool         # kernel spectra made inside the MAC from their x/y-transformed planes
     kz: int             # non-zero kernel planes (the fused MAC's z-DFT length)
-    samples: int        # samples transformed and accumulated per pass (lean: 1)
+    samples: int        # samples transformed and accumulated per pass (lean: a few)
 
     @classmethod
     def of(cls, layer: Conv, shape_in: Shape5, task_parallel: bool, pruned: bool,
@@ -92,8 +99,8 @@ class FftGeometry:
         output spectra read and written once per input block (16·S·f·f′/block); the block's
         kernel data (full spectra, or for the fused MAC just the x/y-transformed planes) must
         fit KERNEL_BLOCK_BYTES. The data-parallel schedule caps the chunk at
-        DATA_PARALLEL_CHUNK maps to keep its output spectra small; the lean one also takes one
-        sample per pass. The tile keeps one MAC task's output tile and one L1 block of its
+        DATA_PARALLEL_CHUNK maps to keep its output spectra small; the lean one also takes a
+        few samples per pass. The tile keeps one MAC task's output tile and one L1 block of its
         input tile in L2.
         """
         spectral = SpectralShape(tuple(fft_size(n) for n in shape_in[2:]))  # type: ignore[arg-type]
@@ -103,7 +110,7 @@ class FftGeometry:
         per_pair = (_fused_pair_bytes(layer.kernel, spectral, v) if fused
                     else 16 * spectral.complex_elements)  # complex buffer + planar copy
         max_chunk = layer.out_channels if task_parallel and not lean else DATA_PARALLEL_CHUNK
-        samples = 1 if lean else shape_in[0]
+        samples = _lean_samples(layer, shape_in, spectral, v) if lean else shape_in[0]
         candidates = [(j, i) for j in _divisors(layer.out_channels) if j <= max_chunk
                       for i in _divisors(layer.in_channels)
                       if j * i * per_pair <= KERNEL_BLOCK_BYTES or j * i == 1]
@@ -142,6 +149,20 @@ class FftGeometry:
     def kernel_planes(self, pairs: int) -> np.ndarray:
         """The fused MAC's tiled planar kernel planes ``(tiles per plane, pairs·kz, 2, T)``."""
         return np.empty((self.tiles_per_plane, pairs * self.kz, 2, self.tile), np.float32)
+
+
+#: The planner asks for the same geometries many times (every cost and memory query).
+_geometry = cache(FftGeometry.of)
+
+
+def _lean_samples(layer: Conv, shape_in: Shape5, spectral: SpectralShape, v: int) -> int:
+    """Samples per pass of the lean schedule: complex + tiled planar input spectra of a pass
+    within LEAN_PASS_FRACTION of the layer's input + output tensors."""
+    plane = spectral.size[1] * spectral.half
+    per_sample = 8 * shape_in[1] * (spectral.complex_elements
+                                    + spectral.size[0] * -(-plane // v) * v)
+    tensors = tensor_bytes(shape_in) + tensor_bytes(conv_output_shape(layer, shape_in))
+    return max(1, min(shape_in[0], int(LEAN_PASS_FRACTION * tensors) // per_sample))
 
 
 def _fused_pair_bytes(kernel: tuple[int, int, int], spectral: SpectralShape, v: int) -> int:
@@ -301,9 +322,9 @@ class FftStep:
                 del planar_in, buffers  # stage 3 of the last chunk is leaner
             # Stage 3: inverse transforms of the chunk, crop, bias, activation.
             spec_out = g.spectral.buffer(s * g.out_chunk)
-            self.layout.from_planar(planar_out, spec_out)
+            valid = inverse_cropped(spec_out, g.spectral, start, stop, threads,
+                                    fill=lambda spec: self.layout.from_planar(planar_out, spec))
             del planar_out
-            valid = inverse_cropped(spec_out, g.spectral, start, stop, threads)
             dst = out[:, j0:j0 + g.out_chunk]
             np.add(valid.reshape(dst.shape), self.bias[:, j0:j0 + g.out_chunk], out=dst)
             _ACTIVATIONS[layer.activation](dst)
@@ -324,8 +345,8 @@ class FftConv:
         return isinstance(layer, Conv)
 
     def _geometry(self, layer: Conv, shape_in: Shape5) -> FftGeometry:
-        return FftGeometry.of(layer, shape_in, self.task_parallel, self.pruned,
-                              default_toolchain().vector_width, self.lean)
+        return _geometry(layer, shape_in, self.task_parallel, self.pruned,
+                         default_toolchain().vector_width, self.lean)
 
     def flops(self, layer: Layer, shape_in: Shape5) -> int:
         """Spectral MAC (8 per complex multiply-add) plus transforms (5·n·log2 n per line)."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import PlanError
 from ..planner.plan import Plan, network_digest
-from ..primitives import PRIMITIVES, Step
+from ..primitives import PRIMITIVES, Step, in_place
 from ..primitives.base import padded_empty
 from ..primitives.mpf import recombine
 from ..spec import Network, Pool
@@ -32,8 +32,12 @@ class CompiledPlan:
         start = time.perf_counter()
 
         def prepare(lp):  # type: ignore[no-untyped-def]
-            return PRIMITIVES[lp.primitive].prepare(
-                lp.index, net.layers[lp.index], lp.input_shape, weights.get(lp.index), threads)
+            primitive, layer = PRIMITIVES[lp.primitive], net.layers[lp.index]
+            if lp.in_place:
+                return in_place.prepare(primitive, lp.index, layer, lp.input_shape,
+                                        weights.get(lp.index), threads, lp.in_place)
+            return primitive.prepare(lp.index, layer, lp.input_shape, weights.get(lp.index),
+                                     threads)
 
         # Kernels compile in parallel (g++ runs outside the GIL); cache hits are milliseconds.
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
