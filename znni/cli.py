@@ -250,7 +250,10 @@ def bench(spec: str, memory: str | None, threads: int | None, versus: str, sizes
         n_threads = _threads(threads) or config.default_threads()
         chosen = search_plan(net, memory, n_threads, None, effort)
         budget = chosen.planning.budget_bytes if chosen.planning else 0
-        others = [search_plan(net, memory, n_threads, None, effort, (e, e, e)) for e in edges]
+        # The per-size candidates only draw the throughput curve: planned from the model
+        # (and whatever tuning records exist), not tuned again.
+        others = [search_plan(net, memory, n_threads, None, "estimate", (e, e, e))
+                  for e in edges]
         plans = [chosen] + [p for p in others if p.output_patch != chosen.output_patch]
         result = run_bench(net, plans, n_threads, budget,
                            edges if versus == "torch" else [], repeats)

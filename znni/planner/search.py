@@ -33,11 +33,11 @@ EFFORT_LEVELS = ("estimate", *EFFORTS)
 #: Batches tried for every patch: batching amortises kernel transforms and small-image layers.
 BATCHES = (1, 2, 4)
 #: Candidate plans whose layers effort=measure times at most (exhaustive: twice as many).
-MEASURED_CANDIDATES = 3
+MEASURED_CANDIDATES = 2
 #: A candidate is timed only if predicted within this fraction of the best measured one.
 MEASURE_MARGIN = 0.1
 #: Primitives slower than this factor × a layer's best estimate are not timed (measure).
-MEASURE_WITHIN = 1.5
+MEASURE_WITHIN = 1.25
 #: Fraction of the available RAM the default budget takes (the rest: volumes, Python, libs).
 DEFAULT_BUDGET_FRACTION = 0.8
 

@@ -142,7 +142,7 @@ def measure(layer: Layer, shape_in: Shape5, primitive: str, threads: int,
     x[...] = rng.random(shape_in, dtype=np.float32)
     times: list[float] = []
     runs = 0
-    while len(times) < repeats and sum(times) < cap:
+    while len(times) < repeats and (not times or sum(times) < cap):
         planned = plans_measured()
         start = time.perf_counter()
         step.run(x, 0)
