@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 import znni
 from znni.reference import forward
@@ -99,6 +100,24 @@ def test_bad_input_exits_nonzero_with_message_and_loses_nothing(case, words, tin
     assert "Traceback" not in result.stderr
     assert all(w in result.stderr for w in words), result.stderr
     assert out.read_bytes() == b"precious"
+
+
+def test_volume_options_zarr_output_and_resume(tiny_files, tmp_path) -> None:
+    out = tmp_path / "pred.zarr"
+    args = ["infer", "tiny", "--random-weights", "3", "--input", str(tiny_files["input"]),
+            "--output", str(out), "--mode", "same", "--output-dtype", "uint8",
+            "--bbox", "1:,:,2:18", "--patch", "2,2,2"]
+    first = znni_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "blocks" in first.stderr  # the progress line (stderr is not a terminal here)
+    net = znni.load("tiny").random_weights(3)
+    sub = np.load(tiny_files["input"])[1:, :, 2:18]
+    expected = znni.infer(net, sub, (2, 2, 2), mode="same")
+    got = zarr.open_array(str(out), mode="r")[...]
+    assert got.dtype == np.uint8 and got.shape == (2, *sub.shape)
+    np.testing.assert_array_equal(got, np.rint(np.clip(expected, 0, 1) * 255).astype(np.uint8))
+    again = znni_cli(*args, "--quiet")
+    assert again.returncode == 0 and "already done" in again.stdout and not again.stderr
 
 
 def test_demo_runs_and_reports_throughput() -> None:

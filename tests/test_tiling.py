@@ -1,4 +1,4 @@
-"""Tiles cover the output exactly once (up to the shifted-back last patch), and plans
+"""Tiles write every output voxel exactly once, blocks group whole tiles, and plans
 round-trip through JSON and are re-validated."""
 
 from __future__ import annotations
@@ -11,18 +11,40 @@ from hypothesis import strategies as st
 import znni
 from znni.errors import PlanError
 from znni.planner import Plan, default_patch, make_plan
-from znni.runtime.tiling import tiles
+from znni.runtime.tiling import blocks, tiles
+
+
+def _written(tile) -> tuple[slice, ...]:
+    return tuple(slice(tile.write_start[a], tile.start[a] + tile.size[a]) for a in range(3))
 
 
 @given(extent=st.tuples(*[st.integers(1, 40)] * 3), patch=st.tuples(*[st.integers(1, 16)] * 3))
-def test_tiles_cover_every_output_voxel(extent, patch) -> None:
+def test_tiles_write_every_output_voxel_once(extent, patch) -> None:
     covered = np.zeros(extent, int)
     for tile in tiles(extent, patch):
         for a in range(3):
             assert 0 <= tile.start[a] and tile.start[a] + tile.size[a] <= extent[a]
             assert tile.size[a] == min(patch[a], extent[a])
-        covered[tuple(slice(s, s + n) for s, n in zip(tile.start, tile.size))] += 1
-    assert covered.min() >= 1
+            assert tile.write_start[a] % patch[a] == 0
+        covered[_written(tile)] += 1
+    assert (covered == 1).all()
+
+
+@given(extent=st.tuples(*[st.integers(1, 40)] * 3), patch=st.tuples(*[st.integers(1, 8)] * 3),
+       multiple=st.tuples(*[st.integers(1, 3)] * 3))
+def test_blocks_hold_whole_tiles_and_write_only_inside(extent, patch, multiple) -> None:
+    block = tuple(p * m for p, m in zip(patch, multiple))
+    every = list(tiles(extent, patch))
+    grouped = blocks(extent, patch, block)
+    assert sorted(t.start for b in grouped for t in b.tiles) == sorted(t.start for t in every)
+    covered = np.zeros(extent, int)
+    for b in grouped:
+        covered[tuple(slice(b.start[a], b.stop[a]) for a in range(3))] += 1
+        for tile in b.tiles:
+            inside = np.zeros(extent, bool)
+            inside[tuple(slice(b.start[a], b.stop[a]) for a in range(3))] = True
+            assert inside[_written(tile)].all()
+    assert (covered == 1).all()
 
 
 def test_plan_json_round_trip_and_revalidation() -> None:

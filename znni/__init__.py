@@ -1,7 +1,8 @@
 """znni: dense sliding-window 3D ConvNet inference at maximum throughput.
 
 Pipeline: spec (:func:`load`) → plan (:func:`plan` searches one; :func:`make_plan` takes a
-given patch) → generated C++ → compiled, cached kernels → :func:`infer`.
+given patch) → generated C++ → compiled, cached kernels → :func:`infer` (arrays in memory) or
+:func:`infer_volume` (volumes on disk, block by block, resumable).
 :mod:`znni.reference` is the slow numpy oracle.
 """
 
@@ -20,6 +21,7 @@ from .runtime.allocator import keep_freed_memory
 keep_freed_memory()
 from .planner import Device, Plan, make_plan, plan
 from .runtime.infer import infer
+from .runtime.job import infer_volume
 from .spec import Network, bundled_nets, load
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
            "__version__",
            "bundled_nets",
            "infer",
+           "infer_volume",
            "load",
            "make_plan",
            "plan",

@@ -25,6 +25,8 @@ from .planner.search import EFFORT_LEVELS
 from .planner.search import plan as search_plan
 from .planner.tuning import EFFORTS
 from .runtime.infer import infer_with_stats
+from .runtime.job import infer_volume
+from .runtime.progress import progress_report
 from .spec import Network, Vec3, bundled_nets, load
 from .synthetic import em_like_volume
 
@@ -64,16 +66,6 @@ def _network(spec: str, weights: str | None, seed: int | None) -> Network:
                         "trained weights come from --weights; benchmarks use --random-weights")
     net = load(spec)
     return net.with_weights(weights) if weights is not None else net.random_weights(seed)
-
-
-def _read_volume(path: str) -> np.ndarray:
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise ZnniError(f"input volume {path!r} not found", "check the --input path") from None
-    except (OSError, ValueError) as exc:
-        raise ZnniError(f"cannot read input volume {path!r}: {exc}",
-                        "--input must be a .npy array (Z,Y,X) or (C,Z,Y,X)") from None
 
 
 def _write_atomic(path: str, write: Callable[[Any], None], suffix: str) -> None:
@@ -133,17 +125,29 @@ def _with_common(fn: Callable[..., Any]) -> Callable[..., Any]:
 @main.command()
 @click.argument("spec")
 @_with_common
-@click.option("--input", "input_path", required=True, help="Input volume (.npy).")
-@click.option("--output", "output_path", required=True, help="Output volume (.npy).")
+@click.option("--input", "input_path", required=True,
+              help="Input volume: .npy, .zarr, FILE.h5:/dataset or .tif (Z,Y,X or C,Z,Y,X; "
+              "uint8, uint16 or float32).")
+@click.option("--output", "output_path", required=True,
+              help="Output volume: .zarr (chunked, compressed), .npy or FILE.h5:/dataset. "
+              "Re-running the same job resumes it.")
 @click.option("--plan", "plan_path", default=None, help="Run a saved plan (JSON).")
+@click.option("--output-dtype", default="float32", show_default=True,
+              type=click.Choice(["float32", "uint8"]), help="uint8: [0, 1] scaled to 0..255.")
+@click.option("--bbox", default=None, help="Input sub-volume z0:z1,y0:y1,x0:x1 (e.g. 0:512,:,:).")
+@click.option("--mode", default="valid", show_default=True, type=click.Choice(["valid", "same"]),
+              help="valid: output shrinks by FOV − 1; same: input reflected at its border, "
+              "output as large as the input.")
+@click.option("--quiet", is_flag=True, help="No progress report.")
 def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
           memory: str | None, threads: int | None, primitive: str, input_path: str,
-          output_path: str, plan_path: str | None) -> None:
-    """Dense inference of network SPEC (a JSON file or a bundled name) on a volume."""
+          output_path: str, plan_path: str | None, output_dtype: str, bbox: str | None,
+          mode: str, quiet: bool) -> None:
+    """Dense inference of network SPEC (a JSON file or a bundled name) on a volume on disk,
+    block by block (memory: the budget plus one block); resumable."""
 
     def run() -> None:
         net = _network(spec, weights, seed)
-        volume = _read_volume(input_path)
         plan = None
         if plan_path is not None:
             try:
@@ -151,13 +155,15 @@ def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
             except OSError as exc:
                 raise ZnniError(f"cannot read plan {plan_path!r}: {exc}",
                                 "check the --plan path") from None
-        out, stats = infer_with_stats(
-            net, volume, _parse_patch(patch), plan=plan, primitives=primitive,
-            threads=_threads(threads),
-            memory=None if memory is None else config.parse_bytes(memory))
-        _write_atomic(output_path, lambda handle: np.save(handle, out), ".npy")
-        click.echo(f"wrote {output_path} {list(out.shape)}: {stats.output_voxels} voxels in "
-                   f"{stats.seconds:.2f} s ({stats.voxels_per_second:,.0f} voxels/s)")
+        with progress_report(quiet) as report:
+            stats = infer_volume(
+                net, input_path, output_path, plan=plan, patch=_parse_patch(patch),
+                primitives=primitive, threads=_threads(threads),
+                memory=None if memory is None else config.parse_bytes(memory), mode=mode,
+                bbox=bbox, output_dtype=output_dtype, progress=report)
+        skipped = f" ({stats.blocks_skipped} blocks already done)" if stats.blocks_skipped else ""
+        click.echo(f"wrote {output_path}: {stats.output_voxels} voxels in {stats.seconds:.2f} s "
+                   f"({stats.voxels_per_second:,.0f} voxels/s){skipped}")
 
     _run_guarded(run)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,8 +16,8 @@ from ..planner.search import default_budget
 from ..planner.search import plan as search_plan
 from ..spec import Network, Vec3
 from .executor import CompiledPlan
-from .tiling import tiles
-from .volume import as_volume
+from .tiling import Tile, tiles
+from .volume import as_volume, check_mode, same_padding
 
 log = logging.getLogger("znni")
 
@@ -30,6 +30,35 @@ class InferStats:
     @property
     def voxels_per_second(self) -> float:
         return self.output_voxels / self.seconds if self.seconds > 0 else float("inf")
+
+
+def run_tiles(compiled: CompiledPlan, group: Sequence[Tile], vol: np.ndarray, vol_origin: Vec3,
+              out: np.ndarray, out_origin: Vec3,
+              progress: Callable[[int, int], None] | None = None) -> None:
+    """Run ``group`` batch by batch: each tile's input from ``vol`` (``(C, …)``, whose voxel 0
+    is volume voxel ``vol_origin``; zero past its end), its written voxels into ``out``
+    (whose voxel 0 is output voxel ``out_origin``)."""
+    plan = compiled.plan
+    in_patch = plan.input_patch
+    buf = compiled.new_input()
+    for first in range(0, len(group), plan.batch):
+        batch = group[first:first + plan.batch]
+        for sample, tile in enumerate(batch):
+            src = tuple(slice(tile.start[a] - vol_origin[a],
+                              min(tile.start[a] - vol_origin[a] + in_patch[a], vol.shape[1 + a]))
+                        for a in range(3))
+            region = vol[(slice(None), *src)]
+            if region.shape[1:] != in_patch:
+                buf[sample].fill(0)  # zero-pad beyond the volume (patches at the far edge)
+            buf[sample][(slice(None), *(slice(0, n) for n in region.shape[1:]))] = region
+        dense = compiled.run(buf)  # a short last group leaves stale samples: ignored
+        for sample, tile in enumerate(batch):
+            dst = tuple(slice(tile.write_start[a] - out_origin[a],
+                              tile.start[a] + tile.size[a] - out_origin[a]) for a in range(3))
+            out[(slice(None), *dst)] = dense[sample][(
+                slice(None), *(slice(tile.skip[a], tile.size[a]) for a in range(3)))]
+        if progress is not None:
+            progress(first + len(batch), len(group))
 
 
 def output_extent(net: Network, volume_shape: tuple[int, ...]) -> Vec3:
@@ -63,7 +92,7 @@ def plan_for_volume(net: Network, extent: Vec3, patch: Vec3 | None, memory: int 
 
 def infer(net: Network, volume: np.ndarray, patch: Vec3 | None = None, *,
           plan: Plan | None = None, primitives: PrimitiveChoice = None,
-          threads: int | None = None, memory: int | None = None,
+          threads: int | None = None, memory: int | None = None, mode: str = "valid",
           progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Dense output ``(C_out, Z−FOVz+1, Y−FOVy+1, X−FOVx+1)`` of ``net`` on ``volume``.
 
@@ -74,18 +103,24 @@ def infer(net: Network, volume: np.ndarray, patch: Vec3 | None = None, *,
     one name for every conv layer (``"direct"``, ``"fft"``, ``"fft-pruned"``, ``"fft-data"``,
     ``"fft-pruned-data"``) or a ``{layer index: name}`` mapping — fix those instead (the rest
     by the simple ``auto`` rule, the patch as the largest that fits). A saved ``plan`` fixes
-    everything.
+    everything. ``mode="same"`` reflects the input at its border so that the output is as large
+    as the input and aligned with it.
     """
     return infer_with_stats(net, volume, patch, plan=plan, primitives=primitives,
-                            threads=threads, memory=memory, progress=progress)[0]
+                            threads=threads, memory=memory, mode=mode, progress=progress)[0]
 
 
 def infer_with_stats(net: Network, volume: np.ndarray, patch: Vec3 | None = None, *,
                      plan: Plan | None = None, primitives: PrimitiveChoice = None,
                      threads: int | None = None, memory: int | None = None,
-                     progress: Callable[[int, int], None] | None = None,
+                     mode: str = "valid", progress: Callable[[int, int], None] | None = None,
                      ) -> tuple[np.ndarray, InferStats]:
     net.require_weights()
+    check_mode(mode)
+    raw = np.asarray(volume)
+    if mode == "same" and raw.ndim in (3, 4):  # other ranks: as_volume says what is wrong
+        raw = raw[None] if raw.ndim == 3 else raw
+        volume = np.pad(raw, [(0, 0), *same_padding(net)], mode="reflect")
     vol = as_volume(volume, net)
     extent = output_extent(net, vol.shape)
     out_bytes = 4 * net.output_channels * int(np.prod(extent))
@@ -95,25 +130,8 @@ def infer_with_stats(net: Network, volume: np.ndarray, patch: Vec3 | None = None
     compiled = CompiledPlan(plan, net, threads or config.default_threads())
     start = time.perf_counter()
     out = np.empty((net.output_channels, *extent), np.float32)
-    in_patch = plan.input_patch
     all_tiles = list(tiles(extent, plan.output_patch))
-    buf = compiled.new_input()
-    for first in range(0, len(all_tiles), plan.batch):
-        group = all_tiles[first:first + plan.batch]
-        for sample, tile in enumerate(group):
-            src = tuple(slice(tile.start[a], min(tile.start[a] + in_patch[a], vol.shape[1 + a]))
-                        for a in range(3))
-            region = vol[(slice(None), *src)]
-            if region.shape[1:] != in_patch:
-                buf[sample].fill(0)  # zero-pad beyond the volume (patches at the far edge)
-            buf[sample][(slice(None), *(slice(0, n) for n in region.shape[1:]))] = region
-        dense = compiled.run(buf)  # a short last group leaves stale samples: ignored
-        for sample, tile in enumerate(group):
-            dst = tuple(slice(tile.start[a], tile.start[a] + tile.size[a]) for a in range(3))
-            out[(slice(None), *dst)] = dense[sample][(slice(None),
-                                                      *(slice(0, n) for n in tile.size))]
-        if progress is not None:
-            progress(first + len(group), len(all_tiles))
+    run_tiles(compiled, all_tiles, vol, (0, 0, 0), out, (0, 0, 0), progress)
     seconds = time.perf_counter() - start
     log.info("inferred %d patches of %s (batch %d) in %.2f s", len(all_tiles),
              list(plan.output_patch), plan.batch, seconds)
