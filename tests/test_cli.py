@@ -66,6 +66,8 @@ def test_random_weights_and_bundled_spec_path(tiny_files, tmp_path) -> None:
     ("bad_memory", ["memory"]),
     ("wrong_weights", ["shape"]),
     ("bad_output_dir", ["does not exist"]),
+    ("bad_workers", ["--workers"]),
+    ("h5_on_cluster", ["HDF5", "workers"]),
 ])
 def test_bad_input_exits_nonzero_with_message_and_loses_nothing(case, words, tiny_files,
                                                                  tmp_path) -> None:
@@ -95,6 +97,13 @@ def test_bad_input_exits_nonzero_with_message_and_loses_nothing(case, words, tin
         other.save_weights(tiny_files["weights"])
     elif case == "bad_output_dir":
         base[7] = str(tmp_path / "no" / "such" / "out.npy")
+    elif case == "bad_workers":
+        base += ["--workers", "0"]
+    elif case == "h5_on_cluster":
+        out = tmp_path / "out.h5"
+        out.write_bytes(b"precious")
+        base[7] = f"{out}:/pred"
+        base += ["--workers", "1"]
     result = znni_cli(*base)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -118,6 +127,18 @@ def test_volume_options_zarr_output_and_resume(tiny_files, tmp_path) -> None:
     np.testing.assert_array_equal(got, np.rint(np.clip(expected, 0, 1) * 255).astype(np.uint8))
     again = znni_cli(*args, "--quiet")
     assert again.returncode == 0 and "already done" in again.stdout and not again.stderr
+
+
+def test_infer_on_a_local_dask_cluster_equals_in_memory(tiny_files, tmp_path) -> None:
+    pytest.importorskip("distributed")
+    out = tmp_path / "pred.zarr"
+    result = znni_cli("infer", "tiny", "--random-weights", "3", "--input",
+                      str(tiny_files["input"]), "--output", str(out), "--patch", "2,2,2",
+                      "--workers", "2", "--quiet")
+    assert result.returncode == 0, result.stderr
+    net = znni.load("tiny").random_weights(3)
+    expected = znni.infer(net, np.load(tiny_files["input"]), (2, 2, 2))
+    np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[...], expected)
 
 
 def test_demo_runs_and_reports_throughput() -> None:

@@ -5,6 +5,7 @@ with nothing overwritten."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -198,3 +199,37 @@ def test_bad_volumes_are_refused_and_nothing_is_overwritten(case, words, tmp_pat
     assert all(w in message for w in words), message
     after = Path(dst).read_bytes() if Path(dst).exists() else None
     assert after == before
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as local:
+        with distributed.Client(local) as client:
+            yield client
+
+
+def test_two_workers_equal_one_process_and_survive_a_killed_worker(cluster, tmp_path) -> None:
+    net = _net()
+    np.save(tmp_path / "in.npy", random_volume((40, 40, 40), seed=9))
+    src = str(tmp_path / "in.npy")
+    plan = znni.make_plan(net, (2, 2, 4), 1, "fft-pruned")
+    infer_volume(net, src, str(tmp_path / "one.zarr"), plan=plan, threads=1)
+    job.BLOCK_BYTES, saved = 30_000, job.BLOCK_BYTES  # workers unpickle the job, not this knob
+    try:
+        victim = []
+
+        def kill_one_worker(done: int, total: int, stats) -> None:
+            if done == 3 and not victim:  # mid-run: the nanny restarts it, its tasks retry
+                pids = cluster.run(os.getpid)
+                victim.append(next(iter(pids.values())))
+                os.kill(victim[0], signal.SIGKILL)
+
+        stats = infer_volume(net, src, str(tmp_path / "two.zarr"), plan=plan, threads=1,
+                             client=cluster, progress=kill_one_worker)
+    finally:
+        job.BLOCK_BYTES = saved
+    assert victim and stats.blocks_run > 3
+    np.testing.assert_array_equal(_read(str(tmp_path / "two.zarr")),
+                                  _read(str(tmp_path / "one.zarr")))

@@ -139,10 +139,15 @@ def _with_common(fn: Callable[..., Any]) -> Callable[..., Any]:
               help="valid: output shrinks by FOV − 1; same: input reflected at its border, "
               "output as large as the input.")
 @click.option("--quiet", is_flag=True, help="No progress report.")
+@click.option("--workers", type=int, default=None,
+              help="Run the blocks on a local Dask cluster of N worker processes.")
+@click.option("--scheduler", default=None,
+              help="Run the blocks on a Dask cluster (tcp://host:port); workers need the "
+              "volumes' paths.")
 def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
           memory: str | None, threads: int | None, primitive: str, input_path: str,
           output_path: str, plan_path: str | None, output_dtype: str, bbox: str | None,
-          mode: str, quiet: bool) -> None:
+          mode: str, quiet: bool, workers: int | None, scheduler: str | None) -> None:
     """Dense inference of network SPEC (a JSON file or a bundled name) on a volume on disk,
     block by block (memory: the budget plus one block); resumable."""
 
@@ -155,12 +160,24 @@ def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
             except OSError as exc:
                 raise ZnniError(f"cannot read plan {plan_path!r}: {exc}",
                                 "check the --plan path") from None
-        with progress_report(quiet) as report:
-            stats = infer_volume(
-                net, input_path, output_path, plan=plan, patch=_parse_patch(patch),
-                primitives=primitive, threads=_threads(threads),
-                memory=None if memory is None else config.parse_bytes(memory), mode=mode,
-                bbox=bbox, output_dtype=output_dtype, progress=report)
+        n_threads = _threads(threads)
+        client = None
+        if workers is not None or scheduler is not None:
+            from .runtime.cluster import connect
+
+            if n_threads is None and workers:  # share this machine's cores between workers
+                n_threads = max(1, config.default_threads() // workers)
+            client = connect(scheduler, workers, n_threads)
+        try:
+            with progress_report(quiet) as report:
+                stats = infer_volume(
+                    net, input_path, output_path, plan=plan, patch=_parse_patch(patch),
+                    primitives=primitive, threads=n_threads,
+                    memory=None if memory is None else config.parse_bytes(memory), mode=mode,
+                    bbox=bbox, output_dtype=output_dtype, progress=report, client=client)
+        finally:
+            if client is not None:
+                client.close()
         skipped = f" ({stats.blocks_skipped} blocks already done)" if stats.blocks_skipped else ""
         click.echo(f"wrote {output_path}: {stats.output_voxels} voxels in {stats.seconds:.2f} s "
                    f"({stats.voxels_per_second:,.0f} voxels/s){skipped}")

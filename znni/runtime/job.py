@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from ..spec import Network, Vec3
 from .executor import CompiledPlan
 from .infer import plan_for_volume, run_tiles
 from .ledger import Ledger
-from .storage import InputVolume, ledger_folder, open_input, open_output
+from .storage import InputVolume, OutputVolume, ledger_folder, open_input, open_output
 from .tiling import Block, blocks
 from .volume import as_float32, check_mode, same_padding
 
@@ -144,17 +145,135 @@ def block_size(net: Network, plan: Plan, extent: Vec3) -> Vec3:
     return (units[0] * patch[0], units[1] * patch[1], units[2] * patch[2])
 
 
+@dataclass(frozen=True)
+class VolumeJob:
+    """Everything a block task needs, picklable: Dask ships it to workers, which open the
+    volumes and compile the plan themselves (once per process, from their own kernel cache)."""
+
+    net: Network
+    plan: Plan
+    src: str
+    dst: str
+    region: Region
+    mode: str
+    output_dtype: str
+    threads: int
+    extent: Vec3   # of the dense output
+    block: Vec3
+    digest: str
+
+    def source(self) -> Source:
+        pad = same_padding(self.net) if self.mode == "same" else [(0, 0)] * 3
+        return Source(open_input(self.src), self.region, pad)
+
+    def blocks(self) -> list[Block]:
+        return blocks(self.extent, self.plan.output_patch, self.block)
+
+    def output(self) -> OutputVolume:
+        return open_output(self.dst, (self.net.output_channels, *self.extent),
+                           self.output_dtype, (self.net.output_channels, *self.block))
+
+    def ledger(self) -> Ledger:
+        return Ledger(ledger_folder(self.dst), self.digest)
+
+
+@dataclass
+class _Opened:
+    """What a process keeps of the job it is running: open volumes, compiled plan, blocks."""
+
+    source: Source
+    output: OutputVolume
+    compiled: CompiledPlan
+    blocks: dict[Vec3, Block]
+
+
+#: Per process: the job being run, by digest.
+_context: dict[str, _Opened] = {}
+
+
+def release() -> None:
+    """Close the volumes this process holds open for a job."""
+    for opened in _context.values():
+        opened.output.close()
+    _context.clear()
+
+
+def run_block(job: VolumeJob, index: Vec3) -> int:
+    """Run one block of ``job`` here: read, compute, write its chunks, flush, then record it
+    done. Idempotent (a retried or duplicated task rewrites the same bits). Returns the output
+    voxels written."""
+    if job.digest not in _context:
+        release()
+        _context[job.digest] = _Opened(job.source(), job.output(),
+                                       CompiledPlan(job.plan, job.net, job.threads),
+                                       {b.index: b for b in job.blocks()})
+    opened = _context[job.digest]
+    source, out, compiled, b = opened.source, opened.output, opened.compiled, opened.blocks[index]
+    in_patch = compiled.plan.input_patch
+    lo = tuple(min(t.start[a] for t in b.tiles) for a in range(3))
+    hi = tuple(max(t.start[a] for t in b.tiles) + in_patch[a] for a in range(3))
+    vol = source.read(lo, hi)  # type: ignore[arg-type]
+    dense = np.empty((job.net.output_channels, *(b.stop[a] - b.start[a] for a in range(3))),
+                     np.float32)
+    run_tiles(compiled, b.tiles, vol, lo, dense, b.start)  # type: ignore[arg-type]
+    if job.output_dtype == "uint8":
+        dense = np.rint(np.clip(dense, 0, 1) * 255).astype(np.uint8)
+    out.write(b.start, dense)
+    out.flush()
+    job.ledger().mark(b.name)
+    return math.prod(b.stop[a] - b.start[a] for a in range(3))
+
+
 def infer_volume(net: Network, src: str, dst: str, *, plan: Plan | None = None,
                  patch: Vec3 | None = None, primitives: PrimitiveChoice = None,
                  memory: int | str | None = None, threads: int | None = None, mode: str = "valid",
                  bbox: str | None = None, output_dtype: str = "float32",
                  progress: Callable[[int, int, VolumeStats], None] | None = None,
-                 ) -> VolumeStats:
+                 client: Any = None) -> VolumeStats:
     """Dense inference of ``net`` from the volume at ``src`` into ``dst`` (see the module
     docstring; formats in :mod:`~znni.runtime.storage`). ``plan``: a saved plan; else one made
-    as :func:`znni.infer` makes it (``patch``, ``primitives``), within ``memory`` bytes
-    (int or ``"4GiB"``; default: 80 % of the available RAM) less one block. ``bbox``: ``"z0:z1,y0:y1,x0:x1"`` of
-    the input. ``progress(done, total, stats)`` after each block. Returns what this run did."""
+    as :func:`znni.infer` makes it (``patch``, ``primitives``), within ``memory`` bytes (int or
+    ``"4GiB"``; default: 80 % of the available RAM) less one block — per worker. ``bbox``:
+    ``"z0:z1,y0:y1,x0:x1"`` of the input. ``progress(done, total, stats)`` after each block.
+    ``client``: a ``distributed.Client`` to farm the blocks out to (:mod:`.cluster`); each
+    worker runs ``threads`` kernel threads. Returns what this run did."""
+    if client is not None:
+        from .cluster import check_output
+
+        check_output(dst)
+    job = prepare_job(net, src, dst, plan, patch, primitives, memory, threads, mode, bbox,
+                      output_dtype)
+    work = job.blocks()
+    ledger = job.ledger()
+    todo = [b.index for b in work if not ledger.done(b.name)]
+    start = time.perf_counter()
+    voxels = 0
+
+    def finished(n: int, written: int) -> None:
+        nonlocal voxels
+        voxels += written
+        if progress is not None:
+            progress(len(work) - len(todo) + n, len(work), VolumeStats(
+                time.perf_counter() - start, voxels, n, len(work) - len(todo)))
+
+    if client is None:
+        try:
+            for n, index in enumerate(todo, 1):
+                finished(n, run_block(job, index))
+        finally:
+            release()
+    else:
+        from .cluster import run_on_cluster
+
+        run_on_cluster(client, job, todo, finished)
+    return VolumeStats(time.perf_counter() - start, voxels, len(todo), len(work) - len(todo))
+
+
+def prepare_job(net: Network, src: str, dst: str, plan: Plan | None, patch: Vec3 | None,
+                primitives: PrimitiveChoice, memory: int | str | None, threads: int | None,
+                mode: str, bbox: str | None, output_dtype: str) -> VolumeJob:
+    """Check everything, plan, create (or reopen) the output and its ledger: a job ready to
+    run, locally or on a cluster. Nothing is written before every check has passed."""
     check_mode(mode)
     net.require_weights()
     volume = open_input(src)
@@ -175,37 +294,10 @@ def infer_volume(net: Network, src: str, dst: str, *, plan: Plan | None = None,
         plan = plan_for_volume(net, extent,  # type: ignore[arg-type]
                                None if patch is None else net.check_patch(patch), budget,
                                primitives, threads, held_bytes=BLOCK_BYTES)
-    block = block_size(net, plan, extent)  # type: ignore[arg-type]
-    out = open_output(dst, (net.output_channels, *extent), output_dtype,  # type: ignore[arg-type]
-                      (net.output_channels, *block))
-    ledger = Ledger(ledger_folder(dst), job_digest(net, plan, source, mode, output_dtype))
-    ledger.open()
-    work = blocks(extent, plan.output_patch, block)  # type: ignore[arg-type]
-    todo = [b for b in work if not ledger.done(b.name)]
-    compiled = CompiledPlan(plan, net, threads or config.default_threads()) if todo else None
-    start = time.perf_counter()
-    voxels = 0
-    for n, b in enumerate(todo, 1):
-        assert compiled is not None
-        _run_block(compiled, b, source, out, output_dtype)
-        out.flush()
-        ledger.mark(b.name)
-        voxels += math.prod(b.stop[a] - b.start[a] for a in range(3))
-        if progress is not None:
-            progress(len(work) - len(todo) + n, len(work), VolumeStats(
-                time.perf_counter() - start, voxels, n, len(work) - len(todo)))
-    return VolumeStats(time.perf_counter() - start, voxels, len(todo), len(work) - len(todo))
-
-
-def _run_block(compiled: CompiledPlan, b: Block, source: Source, out: object,
-               output_dtype: str) -> None:
-    in_patch = compiled.plan.input_patch
-    lo = tuple(min(t.start[a] for t in b.tiles) for a in range(3))
-    hi = tuple(max(t.start[a] for t in b.tiles) + in_patch[a] for a in range(3))
-    vol = source.read(lo, hi)  # type: ignore[arg-type]
-    dense = np.empty((compiled.plan.layers[-1].output_shape[1],
-                      *(b.stop[a] - b.start[a] for a in range(3))), np.float32)
-    run_tiles(compiled, b.tiles, vol, lo, dense, b.start)  # type: ignore[arg-type]
-    if output_dtype == "uint8":
-        dense = np.rint(np.clip(dense, 0, 1) * 255).astype(np.uint8)
-    out.write(b.start, dense)  # type: ignore[attr-defined]
+    job = VolumeJob(net, plan, src, dst, region, mode, output_dtype,  # type: ignore[arg-type]
+                    threads or config.default_threads(), extent,  # type: ignore[arg-type]
+                    block_size(net, plan, extent),  # type: ignore[arg-type]
+                    job_digest(net, plan, source, mode, output_dtype))
+    job.output().close()  # create it (or check the existing one) before any block runs
+    job.ledger().open()
+    return job

@@ -147,6 +147,11 @@ class OutputVolume:
         if self.handle is not None:
             self.handle.flush()
 
+    def close(self) -> None:
+        self.flush()
+        if self.handle is not None:
+            self.handle.close()
+
 
 def open_output(spec: str, shape: tuple[int, int, int, int], dtype: str,
                 chunks: tuple[int, int, int, int]) -> OutputVolume:
