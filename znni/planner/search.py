@@ -239,18 +239,22 @@ def _tune(net: Network, budget: int, dev: Device, records: TuningRecords, effort
           extent: Vec3 | None, batches: tuple[int, ...]) -> tuple[list[Plan], list[Alternative]]:
     """Candidates ranked by measured costs: time the layers of the best candidate not yet
     fully measured, re-rank (unmeasured shapes now use the corrected model), and repeat while
-    such a candidate is predicted within MEASURE_MARGIN of the best measured one (at most
-    MEASURED_CANDIDATES rounds; exhaustive: twice as many). The best measured candidate
-    leads. Deterministic, so a repeated plan finds its timings recorded."""
-    rounds = MEASURED_CANDIDATES * (2 if effort == "exhaustive" else 1)
+    such a candidate is predicted within MEASURE_MARGIN of the best measured one, until
+    MEASURED_CANDIDATES candidates (exhaustive: twice as many) are fully measured. The stop
+    depends on the records, not on how many rounds this call ran, so a repeated plan finds
+    enough measured candidates and times nothing — even though the corrected model (and so
+    the ranking of unmeasured candidates) shifts with every record added. The best measured
+    candidate leads."""
+    wanted = MEASURED_CANDIDATES * (2 if effort == "exhaustive" else 1)
+    rounds = 2 * wanted  # a safety net: each round normally completes one candidate
     while True:
         costs = CostModel(dev, records, effort)
         found, too_big = _search(net, budget, costs, extent, batches)
         measured = [p for p in found if _measured(p)]
         pending = [p for p in found if not _measured(p)]
-        if not pending or rounds == 0 or (measured and (pending[0].predicted_throughput or 0)
-                                          < (1 - MEASURE_MARGIN)
-                                          * (measured[0].predicted_throughput or 0)):
+        if not pending or len(measured) >= wanted or rounds == 0 or (
+                measured and (pending[0].predicted_throughput or 0)
+                < (1 - MEASURE_MARGIN) * (measured[0].predicted_throughput or 0)):
             break
         measure_layers(net, pending[0], costs, records, effort, dev.threads)
         rounds -= 1
