@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import subprocess
+from dataclasses import replace
 
 import pytest
 
@@ -16,6 +17,7 @@ from znni.codegen.toolchain import GccToolchain
 from znni.errors import CompileError
 from znni.primitives.direct import direct_source
 from znni.primitives.fft import FftGeometry, mac_source
+from znni.primitives.max_filter import max_filter_source
 from znni.primitives.mpf import mpf_source
 from znni.spec import Conv
 
@@ -52,9 +54,12 @@ def test_generated_sources_compile_warning_free(net_name, tmp_path) -> None:
     plan = znni.make_plan(net, net.fragmentation)
     for lp in plan.layers[:3]:
         layer = net.layers[lp.index]
-        src = (direct_source(layer, lp.input_shape, tc.vector_width) if isinstance(layer, Conv)
-               else mpf_source(layer, lp.input_shape))
-        sources = [src]
+        if isinstance(layer, Conv):  # and dilated, as after max-filtered pools
+            sources = [direct_source(replace(layer, dilation=d), lp.input_shape, tc.vector_width)
+                       for d in ((1, 1, 1), (2, 1, 2))]
+        else:
+            sources = [mpf_source(layer, lp.input_shape), max_filter_source(
+                replace(layer, max_filter=True, dilation=(2, 2, 1)), lp.input_shape)]
         if isinstance(layer, Conv):
             for pruned in (True, False):  # fused (pruned) and plain spectral MAC
                 geometry = FftGeometry.of(layer, lp.input_shape, True, pruned, tc.vector_width)

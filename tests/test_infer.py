@@ -202,3 +202,31 @@ def test_in_place_is_refused_where_it_cannot_work() -> None:
         make_plan(net, net.fragmentation, 1, None, {0: 1})
     with pytest.raises(znni.ZnniError, match="cannot run in place"):
         make_plan(net, net.fragmentation, 2, None, {2: 16})  # all 16 samples: no gain
+
+
+@pytest.mark.parametrize("conv", ["direct", "fft-pruned"])
+def test_max_filtered_pools_equal_the_oracle(conv: str) -> None:
+    """Every pooling mode: the last 0, 1 or 2 pools as dense max filters (later layers
+    dilated), the rest as fragments; patches on each mode's own grid."""
+    net = _two_pools()
+    pools = [i for i, layer in enumerate(net.layers) if layer.kind == "pool"]
+    fov = net.fov
+    vol = random_volume((2, fov[0] + 5, fov[1] + 6, fov[2] + 3), seed=15)
+    ref = forward(net, vol)
+    for filtered in range(len(pools) + 1):
+        choice = {i: ("maxfilter" if i in pools[len(pools) - filtered:] else "mpf")
+                  if i in pools else conv for i in range(len(net.layers))}
+        patch = tuple(3 * f for f in net.fragmentation_with(filtered))
+        plan = make_plan(net, patch, 2, choice)
+        assert plan.max_filtered == filtered
+        assert relative_error(znni.infer(net, vol, plan=plan), ref) < TOL
+
+
+def test_max_filter_must_be_a_suffix_of_the_pools() -> None:
+    net = _two_pools()
+    with pytest.raises(znni.ZnniError, match="suffix"):
+        make_plan(net, net.fragmentation, 1, {1: "maxfilter", 3: "mpf"})
+    with pytest.raises(znni.ZnniError, match="cannot run"):
+        make_plan(net, net.fragmentation, 1, {1: "mpf", 3: "direct"})
+    with pytest.raises(znni.ZnniError, match="patch"):  # (1, 1, 1) needs both max-filtered
+        make_plan(net, (1, 1, 1), 1, {3: "maxfilter"})

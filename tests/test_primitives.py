@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from znni.primitives import DirectConv, MaxPoolFragments
+from znni.primitives import PRIMITIVES, DirectConv, MaxFilter, MaxPoolFragments
 from znni.primitives.base import padded_empty
 from znni.primitives.mpf import recombine
-from znni.reference import _dilated_correlation
+from znni.reference import _dilated_correlation, _dilated_max_filter
 from znni.spec import Conv, Pool
 
 from .conftest import relative_error
@@ -198,3 +198,36 @@ def test_fftw_wisdom_is_persisted_in_the_cache_dir(rng) -> None:
         pytest.skip("no wisdom is gathered with FFTW_ESTIMATE")
     forward(rng.random((2, 11, 13, 9), dtype=np.float32), SpectralShape((11, 13, 10)), 2)
     assert (config.cache_dir() / "fftw_wisdom_single").stat().st_size > 0
+
+
+def _dilated_conv_reference(x, w, b, dilation):
+    return np.stack([_dilated_correlation(xs.astype(np.float64), w.astype(np.float64),
+                                          list(dilation)) + b[:, None, None, None] for xs in x])
+
+
+@pytest.mark.parametrize("primitive", ["direct", "fft-pruned", "fft-data"])
+@pytest.mark.parametrize("kernel,dilation,shape", [
+    ((3, 3, 3), (2, 2, 2), (9, 10, 11)),
+    ((3, 3, 1), (1, 2, 4), (5, 9, 6)),       # anisotropic kernel and dilation
+    ((2, 1, 3), (3, 1, 2), (7, 4, 12)),
+])
+def test_dilated_convs_match_numpy(primitive, kernel, dilation, shape, rng) -> None:
+    """Convs after max-filtered pools run dilated: direct by dilated taps, FFT by its
+    zero-stuffed equivalent."""
+    layer = Conv(3, 5, kernel, "linear", dilation)
+    x, w, b = random_layer_data(rng, 2, 3, 5, kernel, shape)
+    step = PRIMITIVES[primitive].prepare(0, layer, x.shape, (w, b), 2)
+    buf = padded_empty(x.shape, step.input_slack)
+    buf[...] = x
+    assert relative_error(step.run(buf, 0), _dilated_conv_reference(x, w, b, dilation)) < 1e-5
+
+
+@pytest.mark.parametrize("window,dilation,size", [((2, 2, 2), (1, 1, 1), (7, 9, 11)),
+                                                  ((2, 2, 2), (2, 2, 2), (7, 9, 11)),
+                                                  ((1, 2, 3), (4, 1, 2), (5, 6, 13)),
+                                                  ((3, 1, 2), (1, 1, 1), (3, 3, 2))])
+def test_max_filter_matches_numpy(window, dilation, size, rng) -> None:
+    x = rng.standard_normal((2, 3, *size)).astype(np.float32)
+    step = MaxFilter().prepare(0, Pool(3, window, True, dilation), x.shape, None, 2)
+    ref = np.stack([_dilated_max_filter(xs, window, list(dilation)) for xs in x])
+    np.testing.assert_array_equal(step.run(x, 0), ref)

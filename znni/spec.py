@@ -29,30 +29,55 @@ _POOL_KEYS = {"type", "window"}
 _MAX_EXTENT = 1 << 16  # no kernel, window or channel count is anywhere near this
 
 
+_UNDILATED: Vec3 = (1, 1, 1)
+
+
+def _span(size: Vec3, dilation: Vec3) -> Vec3:
+    return (size[0] + (size[0] - 1) * (dilation[0] - 1), size[1] + (size[1] - 1) * (dilation[1] - 1),
+            size[2] + (size[2] - 1) * (dilation[2] - 1))
+
+
 @dataclass(frozen=True)
 class Conv:
-    """Valid cross-correlation (PyTorch conv3d, no flip), then bias, then activation."""
+    """Valid cross-correlation (PyTorch conv3d, no flip), then bias, then activation.
+
+    ``dilation`` is never in a spec: it is how a conv runs after max-filtered pools (DESIGN §3,
+    §5.4), set by :meth:`Network.layer_shapes`."""
 
     in_channels: int
     out_channels: int
     kernel: Vec3
     activation: str
+    dilation: Vec3 = _UNDILATED
 
     @property
     def kind(self) -> str:
         return "conv"
 
+    @property
+    def span(self) -> Vec3:
+        """Input extent one output voxel reads: (k − 1)·d + 1 per axis."""
+        return _span(self.kernel, self.dilation)
+
 
 @dataclass(frozen=True)
 class Pool:
-    """Max pooling with stride = window; dense inference turns it into fragments (MPF)."""
+    """Max pooling with stride = window. Dense inference turns it into fragments (MPF) or, with
+    ``max_filter`` (set by :meth:`Network.layer_shapes`, never in a spec), into a stride-1 max
+    filter dilated by ``dilation`` that keeps the image dense."""
 
     channels: int
     window: Vec3
+    max_filter: bool = False
+    dilation: Vec3 = _UNDILATED
 
     @property
     def kind(self) -> str:
         return "pool"
+
+    @property
+    def span(self) -> Vec3:
+        return _span(self.window, self.dilation)
 
 
 Layer = Conv | Pool
@@ -99,10 +124,14 @@ class Network:
     @property
     def fragmentation(self) -> Vec3:
         """Product of all pool windows per axis: valid output patches are multiples of it."""
+        return self.fragmentation_with(0)
+
+    def fragmentation_with(self, max_filtered: int) -> Vec3:
+        """Product of the windows of the pools that run as fragments when the last
+        ``max_filtered`` pools run as max filters: valid output patches are multiples of it."""
         frag = [1, 1, 1]
-        for layer in self.layers:
-            if isinstance(layer, Pool):
-                frag = [frag[a] * layer.window[a] for a in range(3)]
+        for pool in self.pools[:len(self.pools) - max_filtered]:
+            frag = [frag[a] * pool.window[a] for a in range(3)]
         return (frag[0], frag[1], frag[2])
 
     @property
@@ -115,10 +144,11 @@ class Network:
         return (output_patch[0] + fov[0] - 1, output_patch[1] + fov[1] - 1,
                 output_patch[2] + fov[2] - 1)
 
-    def check_patch(self, output_patch: Vec3) -> Vec3:
-        """Validate a dense output patch (positive multiples of the fragmentation)."""
+    def check_patch(self, output_patch: Vec3, max_filtered: int = 0) -> Vec3:
+        """Validate a dense output patch (positive multiples of the fragmentation of the pools
+        run as fragments)."""
         patch = tuple(int(v) for v in output_patch)
-        frag = self.fragmentation
+        frag = self.fragmentation_with(max_filtered)
         if len(patch) != 3 or any(p < 1 or p % f for p, f in zip(patch, frag)):
             valid = ", ".join(f"{f}·k" for f in frag)
             raise ShapeError(
@@ -127,23 +157,44 @@ class Network:
                 f"(z, y, x = {valid})")
         return (patch[0], patch[1], patch[2])
 
-    def layer_shapes(self, output_patch: Vec3, batch: int = 1) -> list[LayerShapes]:
-        """Per-layer ``(S, C, Z, Y, X)`` shapes of the MPF forward pass for an output patch."""
-        patch = self.check_patch(output_patch)
+    def layer_shapes(self, output_patch: Vec3, batch: int = 1,
+                     max_filtered: int = 0) -> list[LayerShapes]:
+        """Per-layer ``(S, C, Z, Y, X)`` shapes of the dense forward pass for an output patch:
+        pools run as fragments (MPF), except the last ``max_filtered``, which run as max filters
+        (DESIGN §5.4). A max filter keeps the image dense, so every later layer runs dilated by
+        the product of the max-filtered windows before it; the pools before it have already
+        split the image into fragments, each of which the suffix computes densely. Only a
+        suffix can be max-filtered: fragments of an image with dilation d > 1 would interleave
+        d independent lattices. The layers of the result carry their dilation and mode."""
+        if not 0 <= max_filtered <= len(self.pools):
+            raise ShapeError(f"network {self.name!r} has {len(self.pools)} pool layers, cannot "
+                             f"max-filter the last {max_filtered}",
+                             f"use 0..{len(self.pools)}")
+        patch = self.check_patch(output_patch, max_filtered)
         size = list(self.input_size(patch))
         s, c = batch, self.input_channels
+        dil = [1, 1, 1]
+        pools_left = len(self.pools)
         shapes = []
         for i, layer in enumerate(self.layers):
             before: Shape5 = (s, c, size[0], size[1], size[2])
+            dilation: Vec3 = (dil[0], dil[1], dil[2])
             if isinstance(layer, Conv):
-                size = [size[a] - layer.kernel[a] + 1 for a in range(3)]
+                layer = replace(layer, dilation=dilation)
+                size = [size[a] - layer.span[a] + 1 for a in range(3)]
                 c = layer.out_channels
+            elif pools_left <= max_filtered:
+                layer = replace(layer, max_filter=True, dilation=dilation)
+                size = [size[a] - layer.span[a] + 1 for a in range(3)]
+                dil = [dil[a] * layer.window[a] for a in range(3)]
+                pools_left -= 1
             else:
                 for a in range(3):
                     if (size[a] + 1) % layer.window[a]:  # pragma: no cover - implied by patch
                         raise ShapeError(f"layer {i}: pooling does not tile image size {size[a]}")
                 size = [(size[a] + 1) // layer.window[a] - 1 for a in range(3)]
                 s *= math.prod(layer.window)
+                pools_left -= 1
             shapes.append(LayerShapes(i, layer, before, (s, c, size[0], size[1], size[2])))
         return shapes
 

@@ -34,12 +34,15 @@ AUTO_FFT_MIN_VOXELS = 16 ** 3
 AUTO_FFT_MIN_MAPS = 16
 
 PrimitiveChoice = str | Mapping[int, str] | None
+#: The pool primitive that keeps the image dense (the later layers run dilated).
+MAX_FILTER = "maxfilter"
 
 
 def auto_primitive(layer: Layer, shape_in: Shape5) -> str:
-    """MPF for pools; pruned task-parallel FFT or direct for convs (see the rule above)."""
+    """MPF (or the max filter its mode asks for) for pools; pruned task-parallel FFT or direct
+    for convs (see the rule above)."""
     if isinstance(layer, Pool):
-        return "mpf"
+        return "maxfilter" if layer.max_filter else "mpf"
     if (math.prod(layer.kernel) >= AUTO_FFT_MIN_TAPS
             and min(layer.in_channels, layer.out_channels) >= AUTO_FFT_MIN_MAPS
             and math.prod(shape_in[2:]) >= AUTO_FFT_MIN_VOXELS):
@@ -121,6 +124,11 @@ class Plan:
     @property
     def resident_bytes(self) -> int:
         return sum(layer.resident_bytes for layer in self.layers)
+
+    @property
+    def max_filtered(self) -> int:
+        """Pools run as max filters (always the last ones; see Network.layer_shapes)."""
+        return sum(layer.primitive == MAX_FILTER for layer in self.layers)
 
     @property
     def peak_bytes(self) -> int:
@@ -256,8 +264,9 @@ def make_plan(net: Network, output_patch: Vec3, batch: int = 1,
     if unknown:
         raise PlanError(f"primitive given for layer(s) {sorted(unknown)} that do not exist",
                         f"layers are 0..{len(net.layers) - 1}")
+    max_filtered = _max_filtered(net, primitives)
     layers = []
-    for shapes in net.layer_shapes(output_patch, batch):
+    for shapes in net.layer_shapes(output_patch, batch, max_filtered):
         layer = shapes.layer
         name = _requested(primitives, shapes.index, layer)
         if name == AUTO:
@@ -276,8 +285,21 @@ def make_plan(net: Network, output_patch: Vec3, batch: int = 1,
         layers.append(LayerPlan(shapes.index, layer.kind, name, shapes.input, shapes.output,
                                 memory.resident, memory.working,
                                 primitive.flops(layer, shapes.input), in_place=group))
-    return Plan(net.name, network_digest(net), net.check_patch(output_patch),
+    return Plan(net.name, network_digest(net), net.check_patch(output_patch, max_filtered),
                 net.input_size(output_patch), batch, tuple(layers))
+
+
+def _max_filtered(net: Network, primitives: PrimitiveChoice) -> int:
+    """How many pools ``primitives`` runs as max filters; they must be the last ones."""
+    if not isinstance(primitives, Mapping):
+        return 0
+    pools = [i for i, layer in enumerate(net.layers) if isinstance(layer, Pool)]
+    filtered = [i for i in pools if primitives.get(i) == MAX_FILTER]
+    if filtered and filtered != pools[len(pools) - len(filtered):]:
+        raise PlanError(f"pool layers {filtered} run as max filters but a later pool runs as "
+                        "fragments", f"max-filter a suffix of the pools {pools}: once a pool "
+                        "keeps the image dense, every later pool must too")
+    return len(filtered)
 
 
 def _check_in_place(index: int, layer: Layer, shape_in: Shape5, group: int) -> None:

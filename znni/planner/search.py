@@ -103,11 +103,12 @@ def layer_options(shapes: LayerShapes) -> tuple[LayerPlan, ...]:
     return tuple(out)
 
 
-def _costed_plan(net: Network, patch: Vec3, batch: int, budget: int,
+def _costed_plan(net: Network, patch: Vec3, batch: int, max_filtered: int, budget: int,
                  costs: CostModel) -> Plan | None:
-    """The fastest plan for ``patch`` and ``batch`` within ``budget``, or None."""
+    """The fastest plan for ``patch`` and ``batch`` (the last ``max_filtered`` pools as max
+    filters) within ``budget``, or None."""
     options: list[list[LayerPlan]] = []
-    for shapes in net.layer_shapes(patch, batch):
+    for shapes in net.layer_shapes(patch, batch, max_filtered):
         per_layer = []
         for lp in layer_options(shapes):
             seconds, source = costs.seconds(lp, shapes.layer)
@@ -129,15 +130,15 @@ def _plan_of(net: Network, patch: Vec3, batch: int, layers: list[LayerPlan]) -> 
                      {lp.index: lp.in_place for lp in layers})
 
 
-def _patches(net: Network, extent: Vec3 | None) -> Iterator[list[Vec3]]:
-    """Growing groups of near-cubic patches: for m = 1, 2, … the patch whose extent per axis
-    is closest to m·max(F) voxels, and its variants one fragmentation step larger on one or
-    two axes. Capped per axis by ``extent`` (a volume needs no bigger patch)."""
-    frag = net.fragmentation
+def _patches(frag: Vec3, unit: int, extent: Vec3 | None) -> Iterator[list[Vec3]]:
+    """Growing groups of near-cubic patches, multiples of the fragmentation ``frag``: for
+    m = 1, 2, … the patch whose extent per axis is closest to m·``unit`` voxels, and its
+    variants one fragmentation step larger on one or two axes. Capped per axis by ``extent``
+    (a volume needs no bigger patch)."""
     cap = (None if extent is None
            else [max(1, -(-extent[a] // frag[a])) for a in range(3)])
     for m in itertools.count(1):
-        base = [max(1, round(m * max(frag) / frag[a])) for a in range(3)]
+        base = [max(1, round(m * unit / frag[a])) for a in range(3)]
         group = set()
         for bump in itertools.product((0, 1), repeat=3):
             if sum(bump) == 3:
@@ -158,31 +159,37 @@ def candidates(net: Network, budget: int, costs: CostModel, extent: Vec3 | None 
 
 def _search(net: Network, budget: int, costs: CostModel, extent: Vec3 | None,
             batches: tuple[int, ...]) -> tuple[list[Plan], list[Alternative]]:
-    """Every fitting candidate, best first, and the first patches that did not fit."""
+    """Every fitting candidate, best first, and the first patches that did not fit. Each
+    pooling mode — the last 0, 1, … pools as max filters, the rest as fragments — has its own
+    patch grid (multiples of the fragmentation of its fragment pools)."""
     found: list[Plan] = []
     too_big: list[Alternative] = []
-    seen: set[tuple[Vec3, int]] = set()
-    for group in _patches(net, extent):
-        new = [p for p in group if (p, 1) not in seen]
-        if not new:
-            break  # capped by the volume: nothing larger to try
-        fitted_any = False
-        for patch in new:
-            for batch in batches:
-                seen.add((patch, batch))
-                plan = _costed_plan(net, patch, batch, budget, costs)
-                if plan is None:
-                    if batch == 1 and len(too_big) < 2:
-                        lean = _leanest(net, patch)
-                        too_big.append(Alternative(
-                            patch, 1, tuple(lp.primitive for lp in lean.layers), None,
-                            lean.peak_bytes, f"needs {lean.peak_bytes / 2**30:.2f} GiB at least, "
-                            f"over the {budget / 2**30:.2f} GiB budget"))
-                    break  # larger batches need more memory still
-                fitted_any = True
-                found.append(plan)
-        if not fitted_any:
-            break
+    for max_filtered in range(len(net.pools) + 1):
+        seen: set[tuple[Vec3, int]] = set()
+        # Every mode grows at the all-fragments pace (a finer grid only multiplies the
+        # candidates); its finer fragmentation shows in the one-step variants.
+        for group in _patches(net.fragmentation_with(max_filtered), max(net.fragmentation),
+                              extent):
+            new = [p for p in group if (p, 1) not in seen]
+            if not new:
+                break  # capped by the volume: nothing larger to try
+            fitted_any = False
+            for patch in new:
+                for batch in batches:
+                    seen.add((patch, batch))
+                    plan = _costed_plan(net, patch, batch, max_filtered, budget, costs)
+                    if plan is None:
+                        if batch == 1 and max_filtered == 0 and len(too_big) < 2:
+                            lean = _leanest(net, patch)
+                            too_big.append(Alternative(
+                                patch, 1, tuple(lp.primitive for lp in lean.layers), None,
+                                lean.peak_bytes, f"needs {lean.peak_bytes / 2**30:.2f} GiB at "
+                                f"least, over the {budget / 2**30:.2f} GiB budget"))
+                        break  # larger batches need more memory still
+                    fitted_any = True
+                    found.append(plan)
+            if not fitted_any:
+                break
     found.sort(key=lambda p: -(p.predicted_throughput or 0))
     return found, too_big
 
@@ -230,7 +237,13 @@ def plan(net: Network, memory: int | str | None = None, threads: int | None = No
                         f"smallest patch {net.fragmentation} needs {need}",
                         f"raise the memory budget (--memory) to at least {need}")
     best = found[0]
-    alternatives = [_as_alternative(p, best) for p in _distinct(found[1:], best)[:3]] + too_big
+    shown = _distinct(found[1:], best)[:3]
+    for mode in range(len(net.pools) + 1):  # and the best of every other pooling mode
+        mode_best = next((p for p in found if p.max_filtered == mode), None)
+        if mode != best.max_filtered and mode_best is not None and all(
+                mode_best is not p for p in shown):
+            shown.append(mode_best)
+    alternatives = [_as_alternative(p, best) for p in shown] + too_big
     return replace(best, planning=Planning(budget, dev.threads, dev.name, effort),
                    alternatives=tuple(alternatives))
 
@@ -284,9 +297,11 @@ def _distinct(plans: list[Plan], best: Plan) -> list[Plan]:
 
 def _as_alternative(p: Plan, best: Plan) -> Alternative:
     ratio = (p.predicted_throughput or 0) / (best.predicted_throughput or 1)
+    mode = (f"the last {p.max_filtered} pool(s) as max filters: " if p.max_filtered
+            else "all pools as fragments: " if best.max_filtered else "")
     return Alternative(p.output_patch, p.batch, tuple(lp.primitive for lp in p.layers),
                        p.predicted_throughput, p.peak_bytes,
-                       f"predicted {100 * ratio:.0f} % of the chosen plan's throughput")
+                       f"{mode}predicted {100 * ratio:.0f} % of the chosen plan's throughput")
 
 
 def measure_layers(net: Network, plan: Plan, costs: CostModel, records: TuningRecords,
@@ -298,7 +313,8 @@ def measure_layers(net: Network, plan: Plan, costs: CostModel, records: TuningRe
     as soon as it is taken."""
     room = plan.peak_bytes - held_bytes(plan.layers) - plan.resident_bytes
     todo: dict[str, tuple[Layer, Shape5, str, float]] = {}
-    for shapes, picked in zip(net.layer_shapes(plan.output_patch, plan.batch), plan.layers):
+    for shapes, picked in zip(net.layer_shapes(plan.output_patch, plan.batch,
+                                               plan.max_filtered), plan.layers):
         fitting = [lp for lp in layer_options(shapes)
                    if lp.working_bytes <= max(room, picked.working_bytes)]
         largest = {lp.primitive: lp.in_place for lp in sorted(fitting, key=lambda o: o.in_place)}

@@ -45,10 +45,12 @@ _RANK = {"measure": 1, "exhaustive": 2}
 
 def layer_signature(layer: Layer) -> str:
     """The layer fields a timing depends on (not weights, not the activation)."""
+    dilated = "" if layer.dilation == (1, 1, 1) else f" d{'x'.join(map(str, layer.dilation))}"
     if isinstance(layer, Conv):
-        return f"conv k{'x'.join(map(str, layer.kernel))} {layer.in_channels}->{layer.out_channels}"
+        return (f"conv k{'x'.join(map(str, layer.kernel))} {layer.in_channels}->"
+                f"{layer.out_channels}{dilated}")
     assert isinstance(layer, Pool)
-    return f"pool w{'x'.join(map(str, layer.window))}"
+    return f"{'filter' if layer.max_filter else 'pool'} w{'x'.join(map(str, layer.window))}{dilated}"
 
 
 def record_key(layer: Layer, shape_in: Shape5, primitive: str, threads: int) -> str:

@@ -4,12 +4,13 @@ prepare (render, compile, pack weights) a runnable step for one layer shape."""
 from .base import Memory, Primitive, Step
 from .direct import DirectConv
 from .fft import FftConv
+from .max_filter import MaxFilter
 from .mpf import MaxPoolFragments
 
 PRIMITIVES: dict[str, Primitive] = {p.name: p for p in (
-    DirectConv(), MaxPoolFragments(),
+    DirectConv(), MaxPoolFragments(), MaxFilter(),
     FftConv(pruned=True, task_parallel=True), FftConv(pruned=False, task_parallel=True),
     FftConv(pruned=True, task_parallel=False), FftConv(pruned=False, task_parallel=False),
     FftConv(pruned=True, task_parallel=False, lean=True))}
 
-__all__ = ["PRIMITIVES", "DirectConv", "MaxPoolFragments", "Memory", "Primitive", "Step"]
+__all__ = ["PRIMITIVES", "DirectConv", "MaxFilter", "MaxPoolFragments", "Memory", "Primitive", "Step"]

@@ -39,7 +39,7 @@ def _span(layer: Conv, shape_in: Shape5) -> tuple[Vec3, int]:
     """Valid output extent and the flat positions the kernel computes (whole rows between the
     first and the last valid output)."""
     _, _, nz, ny, nx = shape_in
-    oz, oy, ox = (nz - layer.kernel[0] + 1, ny - layer.kernel[1] + 1, nx - layer.kernel[2] + 1)
+    oz, oy, ox = (nz - layer.span[0] + 1, ny - layer.span[1] + 1, nx - layer.span[2] + 1)
     return (oz, oy, ox), (oz - 1) * ny * nx + (oy - 1) * nx + ox
 
 
@@ -73,7 +73,7 @@ def choose_block(layer: Conv, shape_in: Shape5, vector_width: int) -> RegisterBl
                 best = (cost, RegisterBlock(ob, xv, 0))
     assert best is not None
     block = best[1]
-    row_bytes = (block.xv * vector_width + layer.kernel[2] - 1 + 15) // 16 * 64
+    row_bytes = (block.xv * vector_width + layer.span[2] - 1 + 15) // 16 * 64
     per_channel = layer.kernel[0] * layer.kernel[1] * row_bytes
     ic = max(1, min(layer.in_channels, _L1_INPUT_BYTES // per_channel))
     return RegisterBlock(block.ob, block.xv, ic)
@@ -94,7 +94,7 @@ def pack_weights(w: np.ndarray, b: np.ndarray, ob: int) -> tuple[np.ndarray, np.
 
 def conv_output_shape(layer: Conv, shape_in: Shape5) -> Shape5:
     s, _, nz, ny, nx = shape_in
-    kz, ky, kx = layer.kernel
+    kz, ky, kx = layer.span
     return (s, layer.out_channels, nz - kz + 1, ny - ky + 1, nx - kx + 1)
 
 
@@ -105,6 +105,7 @@ def direct_source(layer: Conv, shape_in: Shape5, vector_width: int) -> str:
     return render("direct_conv.cpp.j2", {
         "f_in": layer.in_channels, "f_out": layer.out_channels,
         "kz": layer.kernel[0], "ky": layer.kernel[1], "kx": layer.kernel[2],
+        "dz": layer.dilation[0], "dy": layer.dilation[1], "dx": layer.dilation[2],
         "nz": nz, "ny": ny, "nx": nx, "activation": layer.activation,
         "vector_width": vector_width, "xv": block.xv, "ob": block.ob, "ic": block.ic,
         # Unrolling the tap rows pays on small kernels (+25 % on 3³) but makes g++ run for

@@ -23,7 +23,7 @@ circular wrap-around (transform size ≥ image) cannot reach. Inputs and outputs
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -331,8 +331,27 @@ class FftStep:
             del spec_out, valid
 
 
+def undilated(layer: Conv) -> Conv:
+    """The same correlation with a dilation's zero taps made explicit (kernel = span): an FFT
+    conv costs by its transform size, not its taps, so a dilated conv runs as this one."""
+    if layer.dilation == (1, 1, 1):
+        return layer
+    return replace(layer, kernel=layer.span, dilation=(1, 1, 1))
+
+
+def dilate_weights(w: np.ndarray, dilation: tuple[int, int, int]) -> np.ndarray:
+    """``(out, in, kz, ky, kx)`` weights spread over their dilated span, zeros between."""
+    dz, dy, dx = dilation
+    kz, ky, kx = w.shape[2:]
+    out = np.zeros((*w.shape[:2], (kz - 1) * dz + 1, (ky - 1) * dy + 1, (kx - 1) * dx + 1),
+                   np.float32)
+    out[:, :, ::dz, ::dy, ::dx] = w
+    return out
+
+
 class FftConv:
-    """FFT convolution primitive; see the module docstring for the four variants."""
+    """FFT convolution primitive; see the module docstring for the four variants. Dilated
+    convs (after max-filtered pools) run as their :func:`undilated` equivalents."""
 
     def __init__(self, pruned: bool, task_parallel: bool, lean: bool = False) -> None:
         self.pruned = pruned
@@ -351,6 +370,7 @@ class FftConv:
     def flops(self, layer: Layer, shape_in: Shape5) -> int:
         """Spectral MAC (8 per complex multiply-add) plus transforms (5·n·log2 n per line)."""
         assert isinstance(layer, Conv)
+        layer = undilated(layer)
         s, f = shape_in[:2]
         spectral = SpectralShape(tuple(fft_size(n) for n in shape_in[2:]))  # type: ignore[arg-type]
         size = spectral.size
@@ -366,6 +386,7 @@ class FftConv:
         rate), the MAC (compute- or bandwidth-bound, with the traffic of the chosen chunk and
         block), and the streaming layout conversions, zero fills and bias/activation pass."""
         assert isinstance(layer, Conv)
+        layer = undilated(layer)
         g = self._geometry(layer, shape_in)
         s, f = shape_in[:2]
         fo, k = layer.out_channels, layer.kernel
@@ -403,6 +424,7 @@ class FftConv:
         chunks follow). The output tensor is allocated first and held throughout.
         """
         assert isinstance(layer, Conv)
+        layer = undilated(layer)
         g = self._geometry(layer, shape_in)
         s, f = g.samples, shape_in[1]  # the stages hold the spectra of one pass of samples
         c8 = 8  # bytes per complex64 / per planar (re, im) pair
@@ -426,6 +448,9 @@ class FftConv:
     def prepare(self, index: int, layer: Layer, shape_in: Shape5,
                 weights: tuple[np.ndarray, np.ndarray] | None, threads: int) -> FftStep:
         assert isinstance(layer, Conv) and weights is not None
+        if layer.dilation != (1, 1, 1):
+            weights = (dilate_weights(weights[0], layer.dilation), weights[1])
+            layer = undilated(layer)
         g = self._geometry(layer, shape_in)
         label = (f"layer {index} ({self.name} MAC {layer.in_channels}->{layer.out_channels}, "
                  f"transform {'x'.join(map(str, g.spectral.size))})")

@@ -54,7 +54,10 @@ def units(layer: Layer, shape_in: Shape5) -> int:
 
 def groups(layer: Layer, shape_in: Shape5) -> list[int]:
     """The units-per-pass values worth planning (none where the output is not smaller than
-    the input). Conv: S/2, S/4, … 1 samples; pool: one pass size, MPF_PASS_FRACTION."""
+    the input). Conv: S/2, S/4, … 1 samples; pool: one pass size, MPF_PASS_FRACTION; max
+    filters: none (their output is barely smaller than their input)."""
+    if isinstance(layer, Pool) and layer.max_filter:
+        return []
     if math.prod(output_shape(layer, shape_in)) >= math.prod(shape_in):
         return []
     n = units(layer, shape_in)

@@ -61,7 +61,7 @@ class MaxPoolFragments:
     name = "mpf"
 
     def supports(self, layer: Layer) -> bool:
-        return isinstance(layer, Pool)
+        return isinstance(layer, Pool) and not layer.max_filter
 
     def flops(self, layer: Layer, shape_in: Shape5) -> int:
         assert isinstance(layer, Pool)

@@ -28,11 +28,13 @@ class CompiledPlan:
         weights = net.require_weights()
         self.plan = plan
         self.threads = threads
-        self.windows = [layer.window for layer in net.layers if isinstance(layer, Pool)]
+        layers = [s.layer for s in net.layer_shapes(plan.output_patch, 1, plan.max_filtered)]
+        self.windows = [layer.window for layer in layers  # fragments to recombine
+                        if isinstance(layer, Pool) and not layer.max_filter]
         start = time.perf_counter()
 
         def prepare(lp):  # type: ignore[no-untyped-def]
-            primitive, layer = PRIMITIVES[lp.primitive], net.layers[lp.index]
+            primitive, layer = PRIMITIVES[lp.primitive], layers[lp.index]
             if lp.in_place:
                 return in_place.prepare(primitive, lp.index, layer, lp.input_shape,
                                         weights.get(lp.index), threads, lp.in_place)
