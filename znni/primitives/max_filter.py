@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..codegen.loader import KernelModule, load_kernel
+from ..codegen.loader import load_kernel
 from ..codegen.render import render
 from ..spec import Layer, Pool, Shape5
-from .base import Memory, padded_empty, tensor_bytes
+from .base import Memory, tensor_bytes
+from .mpf import PoolStep
 
 if TYPE_CHECKING:
     from ..planner.device import Device
@@ -34,22 +35,6 @@ def max_filter_source(layer: Pool, shape_in: Shape5) -> str:
     return render("max_filter.cpp.j2", {"channels": c, "nz": nz, "ny": ny, "nx": nx,
                                         "pz": pz, "py": py, "px": px,
                                         "dz": dz, "dy": dy, "dx": dx})
-
-
-class MaxFilterStep:
-    """Generated, threaded max filter for one input shape (any batch size)."""
-
-    input_slack = 0
-
-    def __init__(self, module: KernelModule, layer: Pool, shape_in: Shape5, threads: int) -> None:
-        self.module, self.layer, self.shape_in, self.threads = module, layer, shape_in, threads
-
-    def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
-        if x.shape[1:] != self.shape_in[1:]:
-            raise ValueError(f"max filter compiled for {self.shape_in[1:]}, got {x.shape[1:]}")
-        out = padded_empty(max_filter_output_shape(self.layer, x.shape), out_slack)  # type: ignore[arg-type]
-        self.module.forward(x, out, self.threads)
-        return out
 
 
 class MaxFilter:
@@ -77,9 +62,9 @@ class MaxFilter:
         return Memory(0, tensor_bytes(shape_in) + tensor_bytes(out))
 
     def prepare(self, index: int, layer: Layer, shape_in: Shape5,
-                weights: tuple[np.ndarray, np.ndarray] | None, threads: int) -> MaxFilterStep:
+                weights: tuple[np.ndarray, np.ndarray] | None, threads: int) -> PoolStep:
         assert isinstance(layer, Pool)
         label = (f"layer {index} (max filter {'x'.join(map(str, layer.window))} dilated "
                  f"{'x'.join(map(str, layer.dilation))}, n {shape_in[2:]})")
-        return MaxFilterStep(load_kernel(max_filter_source(layer, shape_in), label), layer,
-                             shape_in, threads)
+        return PoolStep(load_kernel(max_filter_source(layer, shape_in), label), layer, shape_in,
+                        threads, max_filter_output_shape)

@@ -9,6 +9,7 @@ transpose-copy) that took 23 % of n337's time at a 64³ patch. Fragment
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,21 +37,21 @@ def mpf_source(layer: Pool, shape_in: Shape5) -> str:
                                  "pz": pz, "py": py, "px": px})
 
 
-class MpfStep:
-    """Generated, threaded MPF for one input shape (any batch size)."""
+class PoolStep:
+    """A generated, threaded pool kernel (fragments or max filter) for one input shape, any
+    batch size: ``output_shape(layer, shape_in)`` says what it writes."""
 
     input_slack = 0
 
-    def __init__(self, module: KernelModule, layer: Pool, shape_in: Shape5, threads: int) -> None:
-        self.module = module
-        self.layer = layer
-        self.shape_in = shape_in
-        self.threads = threads
+    def __init__(self, module: KernelModule, layer: Pool, shape_in: Shape5, threads: int,
+                 output_shape: Callable[[Pool, Shape5], Shape5]) -> None:
+        self.module, self.layer, self.shape_in, self.threads = module, layer, shape_in, threads
+        self.output_shape = output_shape
 
     def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
         if x.shape[1:] != self.shape_in[1:]:
-            raise ValueError(f"MPF compiled for {self.shape_in[1:]}, got {x.shape[1:]}")
-        out = padded_empty(mpf_output_shape(self.layer, x.shape), out_slack)  # type: ignore[arg-type]
+            raise ValueError(f"pool kernel compiled for {self.shape_in[1:]}, got {x.shape[1:]}")
+        out = padded_empty(self.output_shape(self.layer, x.shape), out_slack)  # type: ignore[arg-type]
         self.module.forward(x, out, self.threads)
         return out
 
@@ -78,10 +79,11 @@ class MaxPoolFragments:
         return Memory(0, tensor_bytes(shape_in) + tensor_bytes(mpf_output_shape(layer, shape_in)))
 
     def prepare(self, index: int, layer: Layer, shape_in: Shape5,
-                weights: tuple[np.ndarray, np.ndarray] | None, threads: int) -> MpfStep:
+                weights: tuple[np.ndarray, np.ndarray] | None, threads: int) -> PoolStep:
         assert isinstance(layer, Pool)
         label = f"layer {index} (mpf {'x'.join(map(str, layer.window))}, n {shape_in[2:]})"
-        return MpfStep(load_kernel(mpf_source(layer, shape_in), label), layer, shape_in, threads)
+        return PoolStep(load_kernel(mpf_source(layer, shape_in), label), layer, shape_in, threads,
+                        mpf_output_shape)
 
 
 def recombine(fragments: np.ndarray, windows: list[Vec3], batch: int) -> np.ndarray:
