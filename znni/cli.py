@@ -1,10 +1,12 @@
-"""The ``znni`` command line: ``plan``, ``tune``, ``infer``, ``bench`` and ``demo``.
+"""The ``znni`` command line: ``plan``, ``tune``, ``infer``, ``bench``, ``demo``, ``import``
+and ``export``.
 
 Every user error becomes one paragraph on stderr and exit status 2; no tracebacks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -300,6 +302,32 @@ def bench(spec: str, memory: str | None, threads: int | None, versus: str, sizes
         if plot_path is not None:
             plot(result, plot_path, f"{net.name}, {n_threads} threads")
             click.echo(f"  plot: {plot_path}")
+
+    _run_guarded(run)
+
+
+@main.command("import")
+@click.argument("model")
+@click.option("--out", "out_path", required=True, help="Network spec to write (.json).")
+@click.option("--weights-out", "weights_path", required=True, help="Weights to write (.npz).")
+@click.option("--spec", default=None, help="znni spec (JSON) of a PyTorch state_dict's network.")
+@click.option("--trust-pickle", is_flag=True, help="Allow a pickled nn.Module: loading it runs "
+              "code from the file, so only for files you trust.")
+@click.option("--no-check", is_flag=True, help="Skip running the source model to compare.")
+def import_command(model: str, out_path: str, weights_path: str, spec: str | None,
+                   trust_pickle: bool, no_check: bool) -> None:
+    """Import a trained PyTorch (TorchScript, state_dict + --spec) or ONNX (.onnx) model."""
+
+    def run() -> None:
+        from .importers import import_model
+
+        net = import_model(model, spec, trust_pickle, not no_check)
+        _write_text_atomic(out_path, json.dumps(net.to_dict(), indent=1) + "\n")
+        _write_atomic(weights_path, net.save_weights, ".npz")
+        click.echo(f"imported {net.name!r}: {len(net.layers)} layers, FOV {list(net.fov)}, "
+                   f"fragmentation {list(net.fragmentation)}"
+                   + ("" if no_check else "; output checked against the source model")
+                   + f"\n  wrote {out_path} and {weights_path}")
 
     _run_guarded(run)
 

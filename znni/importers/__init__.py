@@ -1,0 +1,31 @@
+"""Bring your own model: PyTorch and ONNX 3D ConvNets → a znni :class:`~znni.spec.Network`.
+
+Each importer translates its framework's layers into :class:`~.chain.ChainBuilder` calls (which
+fold BatchNorm and activations) and then checks the result against the source model
+(:mod:`.check`). Framework packages are imported only when an importer runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..spec import Network
+from .chain import UnsupportedModelError
+
+
+def import_model(path: str | os.PathLike, spec: str | os.PathLike | None = None,
+                 trust_pickle: bool = False, check: bool = True) -> Network:
+    """The network of a model file: ``.onnx`` → ONNX, anything else → PyTorch (TorchScript,
+    state_dict with ``spec``, or a pickled module with ``trust_pickle``)."""
+    if Path(path).suffix.lower() == ".onnx":
+        if spec is not None or trust_pickle:
+            raise UnsupportedModelError("--spec and --trust-pickle apply to PyTorch files only",
+                                        "an ONNX file carries its own graph; drop them")
+        from .onnx import load_file as load_onnx
+        return load_onnx(path, check)
+    from .pytorch import load_file as load_torch
+    return load_torch(path, spec, trust_pickle, check)
+
+
+__all__ = ["UnsupportedModelError", "import_model"]
