@@ -32,6 +32,10 @@ KNOBS = {
                               "them to the OS", False),
     "device": Knob("ZNNI_DEVICE", "device description (JSON) to plan with instead of measuring "
                    "this machine once", False),
+    "nvcc": Knob("ZNNI_NVCC", "CUDA compiler for GPU kernels (default nvcc)", True),
+    "nvcc_arch": Knob("ZNNI_NVCC_ARCH", "GPU architecture for nvcc -arch (default sm_90: "
+                      "H100/H200)", True),
+    "nvccflags": Knob("ZNNI_NVCCFLAGS", "replaces the default nvcc optimisation flags", True),
     "fftw_effort": Knob("ZNNI_FFTW_EFFORT", "FFTW planner effort: FFTW_ESTIMATE, FFTW_MEASURE "
                         "(default) or FFTW_PATIENT; plans are remembered as wisdom", False),
 }
@@ -77,6 +81,24 @@ def cxxflags() -> list[str]:
     if env is not None:
         return shlex.split(env)
     return ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno"]
+
+
+def nvcc() -> str:
+    return os.environ.get(KNOBS["nvcc"].env, "nvcc")
+
+
+def nvcc_arch() -> str:
+    value = os.environ.get(KNOBS["nvcc_arch"].env, "sm_90")
+    if not re.fullmatch(r"(sm|compute)_[0-9]{2,3}[af]?", value):
+        raise ZnniError(f"ZNNI_NVCC_ARCH={value!r} is not a CUDA architecture",
+                        "use e.g. sm_90 (H100/H200) or sm_80 (A100)")
+    return value
+
+
+def nvccflags() -> list[str]:
+    """nvcc optimisation flags; ``ZNNI_NVCCFLAGS`` replaces them."""
+    env = os.environ.get(KNOBS["nvccflags"].env)
+    return shlex.split(env) if env is not None else ["-O3"]
 
 
 def default_threads() -> int:

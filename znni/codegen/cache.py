@@ -1,7 +1,7 @@
 """On-disk cache of compiled kernels, keyed by content hash, safe under concurrency.
 
-Key = SHA-256 of (source, ABI header, compiler fingerprint, znni version): everything that
-changes the binary and nothing else. An entry is ``<key>.so`` plus ``<key>.json`` (the manifest,
+Key = SHA-256 of (source, ABI and other template headers, compiler fingerprint, znni version):
+everything that changes the binary and nothing else. An entry is ``<key>.so`` plus ``<key>.json`` (the manifest,
 holding the .so's SHA-256), both written to temporary files in the same directory and moved into
 place with ``os.replace``, manifest last. An entry whose manifest is missing, unreadable or
 disagrees with the .so is a miss and is rebuilt. A per-key ``flock`` only saves duplicate work:
@@ -20,10 +20,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from .. import __version__, config
 from .render import ABI_HEADER
-from .toolchain import GccToolchain
 
 log = logging.getLogger("znni")
 
@@ -31,9 +31,25 @@ log = logging.getLogger("znni")
 compile_count = 0
 
 
-def cache_key(source: str, toolchain: GccToolchain) -> str:
+class Toolchain(Protocol):
+    """What the cache needs of a compiler: g++ (GccToolchain) or nvcc (NvccToolchain)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def compile(self, source: Path, output: Path) -> None: ...
+
+
+def _headers() -> str:
+    """The ABI header and every other header generated code may include (the CUDA
+    emulation among them): a header change is a different binary."""
+    others = sorted(p for p in ABI_HEADER.parent.glob("*.h") if p != ABI_HEADER)
+    return "".join(p.read_text() for p in (ABI_HEADER, *others))
+
+
+def cache_key(source: str, toolchain: Toolchain) -> str:
     h = hashlib.sha256()
-    for part in (source, ABI_HEADER.read_text(), toolchain.fingerprint, __version__):
+    for part in (source, _headers(), toolchain.fingerprint, __version__):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
@@ -85,7 +101,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def build(source: str, toolchain: GccToolchain, label: str, force: bool = False) -> Path:
+def build(source: str, toolchain: Toolchain, label: str, force: bool = False) -> Path:
     """Path of a compiled, intact shared object for ``source``; compiles only on a miss."""
     global compile_count
     key = cache_key(source, toolchain)

@@ -72,7 +72,7 @@ def _open(path: Path) -> KernelModule:
 
 
 @cache
-def _load_source(source: str, toolchain: GccToolchain, label: str) -> KernelModule:
+def _load_source(source: str, toolchain: kernel_cache.Toolchain, label: str) -> KernelModule:
     start = time.perf_counter()
     path = kernel_cache.build(source, toolchain, label)
     try:
@@ -92,7 +92,8 @@ def _load_source(source: str, toolchain: GccToolchain, label: str) -> KernelModu
     return module
 
 
-def load_kernel(source: str, label: str, toolchain: GccToolchain | None = None) -> KernelModule:
+def load_kernel(source: str, label: str,
+                toolchain: kernel_cache.Toolchain | None = None) -> KernelModule:
     """Compile (or fetch from the cache) and load ``source``; memoised per process."""
     return _load_source(source, toolchain or default_toolchain(), label)
 

@@ -20,6 +20,11 @@ long znni_input_slack(void);
 /* One layer over a batch of `batch` samples with `threads` threads; returns 0 on success. */
 int znni_layer_forward(const float *input, float *output, const float *weights,
                        const float *bias, int batch, int threads);
+/* GPU modules (*.cu.j2) only: the same layer with every pointer in device memory, launched
+ * asynchronously on `stream` (a cudaStream_t; NULL: the default stream). Returns a CUDA error
+ * code (0: launched). Built as C++ with cuda_emulation.h, device memory is host memory. */
+int znni_gpu_layer_forward(const float *input, float *output, const float *weights,
+                           const float *bias, int batch, void *stream);
 /* cdef-end */
 #ifdef __cplusplus
 }
