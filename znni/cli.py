@@ -332,6 +332,35 @@ def import_command(model: str, out_path: str, weights_path: str, spec: str | Non
     _run_guarded(run)
 
 
+@main.command("export")
+@click.argument("plan_path", metavar="PLAN.json")
+@click.option("--net", "spec", required=True, help="The plan's network spec (JSON or bundled).")
+@click.option("--weights", type=str, default=None, help="Trained weights (.npz).")
+@click.option("--random-weights", "seed", type=int, default=None,
+              help="Seeded He-initialised weights instead of --weights.")
+@click.option("--out", "out_dir", required=True, help="New directory for the library sources.")
+def export_command(plan_path: str, spec: str, weights: str | None, seed: int | None,
+                   out_dir: str) -> None:
+    """Write PLAN.json as a standalone C library (sources, header, weights, Makefile)."""
+
+    def run() -> None:
+        from .export import export_plan
+
+        net = _network(spec, weights, seed)
+        try:
+            text = Path(plan_path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ZnniError(f"cannot read plan {plan_path!r}: {exc}",
+                            "write one with `znni plan SPEC -o PLAN.json`") from None
+        result = export_plan(Plan.from_json(text, net), net, out_dir)
+        for note in result.notes():
+            click.echo(f"znni: note: {note}", err=True)
+        click.echo(f"exported {net.name!r} ({len(result.files)} files) to {out_dir}; build it "
+                   f"with `make -C {out_dir}` and run `{out_dir}/example {out_dir}/weights.bin`")
+
+    _run_guarded(run)
+
+
 @main.command()
 @click.option("--net", "spec", default="n337", show_default=True,
               help=f"Bundled net ({', '.join(bundled_nets())}) or a JSON spec.")
