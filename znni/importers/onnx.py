@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import SpecError, ZnniError
 from ..spec import Network
 from .chain import ChainBuilder, UnsupportedModelError, unsupported
-from .check import check_import
+from .check import ACTIVATE, check_import, correlate, max_pool
 
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Identity": "linear",
                 "Dropout": "linear"}
@@ -154,35 +154,24 @@ def _translate(chain: list[tuple[str, Any, dict[str, Any], list[np.ndarray]]]) -
 
 def _evaluate(chain: list[tuple[str, Any, dict[str, Any], list[np.ndarray]]],
               x: np.ndarray) -> np.ndarray:
-    """The original graph in float64 numpy (valid correlations, strided pools, BatchNorm)."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    t = x.astype(np.float64)
+    """The original graph on ``x`` (1, C, Z, Y, X) in float64 numpy, op by op, BatchNorm
+    unfolded."""
+    t = x[0].astype(np.float64)
     for _, node, attrs, params in chain:
         op = node.op_type
         if op == "Conv":
-            w = params[0].astype(np.float64)
-            windows = sliding_window_view(t, w.shape[2:], axis=(2, 3, 4))
-            t = np.einsum("nizyxabc,oiabc->nozyx", windows, w, optimize=True)
+            t = correlate(t, params[0].astype(np.float64))
             if len(params) > 1:
-                t = t + params[1][None, :, None, None, None]
+                t = t + params[1][:, None, None, None]
         elif op == "MaxPool":
-            p = _window("", attrs)
-            n = [t.shape[2 + a] // p[a] * p[a] for a in range(3)]
-            t = t[:, :, :n[0], :n[1], :n[2]].reshape(
-                *t.shape[:2], n[0] // p[0], p[0], n[1] // p[1], p[1], n[2] // p[2], p[2])
-            t = t.max(axis=(3, 5, 7))
+            t = max_pool(t, _window("", attrs))
         elif op == "BatchNormalization":
-            scale, shift, mean, var = (a.astype(np.float64)[None, :, None, None, None]
+            scale, shift, mean, var = (a.astype(np.float64)[:, None, None, None]
                                        for a in params)
             t = (t - mean) / np.sqrt(var + float(attrs.get("epsilon", 1e-5))) * scale + shift
-        elif op == "Relu":
-            t = np.maximum(t, 0)
-        elif op == "Sigmoid":
-            t = 1 / (1 + np.exp(-t))
-        elif op == "Tanh":
-            t = np.tanh(t)
-    return t
+        else:
+            t = ACTIVATE[_ACTIVATIONS[op]](t)
+    return t[None]
 
 
 def load_file(path: str | os.PathLike, check: bool = True) -> Network:
