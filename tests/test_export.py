@@ -97,3 +97,11 @@ def test_export_refuses_a_plan_of_another_network(tmp_path: Path) -> None:
     with pytest.raises(znni.ZnniError, match="another network"):
         export_plan(plan, net, tmp_path / "lib")
     assert not (tmp_path / "lib").exists()
+
+
+def test_cli_export_user_errors(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "missing.json"), "--net",
+                                       "tiny", "--random-weights", "0", "--out",
+                                       str(tmp_path / "lib")])
+    assert result.exit_code == 2 and "cannot read plan" in result.output
+    assert "Traceback" not in result.output

@@ -194,3 +194,27 @@ def test_import_znni_does_not_import_frameworks() -> None:
             "assert 'torch' not in sys.modules and 'onnx' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
+
+
+def test_state_dict_that_does_not_fit_the_spec(tmp_path) -> None:
+    from znni.importers.pytorch import from_state_dict
+
+    model = _randomise_bn(held_out_nets()["aniso-bn-2pools-2ch"])
+    spec = from_module(model).to_dict()
+    short = {**spec, "layers": spec["layers"][:2]}
+    with pytest.raises(UnsupportedModelError, match="left over"):
+        from_state_dict(model.state_dict(), short)
+    longer = {**spec, "layers": spec["layers"] + [{"type": "conv", "kernel": [1, 1, 1],
+                                                    "out_channels": 1}]}
+    with pytest.raises(UnsupportedModelError, match="spec layer 5 is a conv"):
+        from_state_dict(model.state_dict(), longer)
+    wrong = json.loads(json.dumps(spec))
+    wrong["layers"][0]["kernel"] = [3, 3, 3]
+    with pytest.raises(UnsupportedModelError, match="do not match"):
+        from_state_dict(model.state_dict(), wrong)
+
+
+def test_import_uses_eval_mode_and_restores_training() -> None:
+    model = _randomise_bn(held_out_nets()["aniso-bn-2pools-2ch"]).train()
+    net = from_module(model)  # the check passes only with running statistics (eval mode)
+    assert model.training and net.layers
