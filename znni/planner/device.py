@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import __version__, config
 from ..errors import PlanError
+from .gpu_device import GpuSpec
 
 DEVICE_VERSION = 1
 
@@ -34,6 +35,7 @@ class Device:
     - ``mac_flops``: the spectral MAC on spectra resident in cache.
     - ``fft_flops``: FFTW batched 3D r2c transforms, at 2.5·N·log2 N FLOPs per transform.
     - ``bandwidth``: a large array copy (read + write bytes per second).
+    - ``gpu``: for ``kind`` "gpu", the card (the rates above are then its host's).
     """
 
     name: str
@@ -45,9 +47,13 @@ class Device:
     fft_flops: float
     bandwidth: float
     kind: str = "cpu"
+    gpu: GpuSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": DEVICE_VERSION, **asdict(self)}
+        data = asdict(self)
+        if self.gpu is None:
+            del data["gpu"]
+        return {"version": DEVICE_VERSION, **data}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True)
@@ -60,6 +66,8 @@ class Device:
                             "start from `znni plan --show-device --json` or the bundled examples")
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name == "gpu":
+                continue  # parsed below, for kind "gpu"
             if f.name not in data:
                 if f.name == "kind":
                     continue
@@ -73,9 +81,11 @@ class Device:
                 raise PlanError(f"{source}: {f.name!r} must be a positive number, got {value!r}",
                                 "fix the file")
             values[f.name] = value
-        if values.get("kind", "cpu") != "cpu":
-            raise PlanError(f"{source}: device kind {values['kind']!r} is not supported yet",
-                            "use a CPU description (kind 'cpu')")
+        if values.get("kind", "cpu") not in ("cpu", "gpu"):
+            raise PlanError(f"{source}: device kind {values['kind']!r} is not supported",
+                            "use kind 'cpu' or 'gpu'")
+        if values.get("kind") == "gpu":
+            values["gpu"] = GpuSpec.from_dict(data.get("gpu"), source)
         values["threads"] = int(values["threads"])
         values["memory_bytes"] = int(values["memory_bytes"])
         return cls(**values)

@@ -18,6 +18,7 @@ from ..errors import PlanError
 from ..primitives import PRIMITIVES, in_place
 from ..primitives.base import FLOAT_BYTES
 from ..spec import Layer, Network, Pool, Shape5, Vec3
+from .gpu_plan import GpuPlan
 
 PLAN_VERSION = 1
 AUTO = "auto"
@@ -120,6 +121,7 @@ class Plan:
     layers: tuple[LayerPlan, ...]
     planning: Planning | None = None
     alternatives: tuple[Alternative, ...] = ()
+    gpu: GpuPlan | None = None  # the CPU–GPU pipeline: layers ≥ gpu.theta run on the GPU
 
     @property
     def resident_bytes(self) -> int:
@@ -133,7 +135,9 @@ class Plan:
     @property
     def peak_bytes(self) -> int:
         """Σ resident + max working (each layer frees its input once it has run), plus
-        :func:`held_bytes`."""
+        :func:`held_bytes`. A GPU plan: the host RAM its pipeline needs."""
+        if self.gpu is not None:
+            return self.gpu.host_bytes
         return (self.resident_bytes + max(layer.working_bytes for layer in self.layers)
                 + held_bytes(self.layers))
 
@@ -144,6 +148,8 @@ class Plan:
 
     @property
     def predicted_seconds(self) -> float | None:
+        if self.gpu is not None:
+            return self.gpu.seconds
         if any(layer.seconds is None for layer in self.layers):
             return None
         return sum(layer.seconds for layer in self.layers)  # type: ignore[misc]
@@ -156,6 +162,8 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        if self.gpu is None:
+            del data["gpu"]
         data["version"] = PLAN_VERSION
         data["peak_bytes"] = self.peak_bytes
         data["predicted_seconds"] = self.predicted_seconds
@@ -187,6 +195,8 @@ class Plan:
             planning = (None if data.get("planning") is None
                         else Planning(**_fields(data["planning"], Planning)))
             alternatives = tuple(_alternative(a) for a in data.get("alternatives", ()))
+            gpu = (None if data.get("gpu") is None
+                   else GpuPlan.from_dict(data["gpu"], len(net.layers)))
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"malformed plan: {exc!r}", "re-create it with `znni plan`") from None
         if len(patch) != 3:
@@ -194,7 +204,8 @@ class Plan:
         plan = make_plan(net, (patch[0], patch[1], patch[2]), batch, primitives, passes)
         layers_out = tuple(replace(lp, seconds=costs[lp.index][0], cost=costs[lp.index][1])
                            for lp in plan.layers)
-        return replace(plan, layers=layers_out, planning=planning, alternatives=alternatives)
+        return replace(plan, layers=layers_out, planning=planning, alternatives=alternatives,
+                       gpu=gpu)
 
     @classmethod
     def from_json(cls, text: str, net: Network) -> Plan:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .gpu_plan import format_gpu
 from .plan import Plan
 
 GIB = 2 ** 30
@@ -35,6 +36,8 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"{lp.index:>5} {lp.kind:<5} {lp.primitive:<16} {passes:>8} "
                      f"{_shape(lp.input_shape):<24} {lp.working_bytes / GIB:>6.2f} GiB "
                      f"{seconds:>9} {lp.cost:<8}")
+    if plan.gpu is not None:
+        lines += ["", *format_gpu(plan.gpu)]
     if plan.alternatives:
         lines.append("")
         lines.append("alternatives considered:")

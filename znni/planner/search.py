@@ -220,6 +220,14 @@ def plan(net: Network, memory: int | str | None = None, threads: int | None = No
         device = Device.load(device)
     on_this_machine = device is None
     dev = device if device is not None else this_machine(threads)
+    if dev.kind == "gpu":  # the CPU–GPU pipeline planner (planner/gpu.py)
+        from .gpu import plan_gpu
+
+        if effort != "estimate":
+            raise PlanError("GPU plans are made from the cost model only",
+                            "plan with --effort estimate")
+        host = budget if memory is not None else int(dev.memory_bytes * DEFAULT_BUDGET_FRACTION)
+        return plan_gpu(net, host, dev, extent, batches)
     if effort != "estimate" and not on_this_machine:
         raise PlanError("effort measure/exhaustive times kernels on this machine",
                         "drop --device, or plan with --effort estimate")

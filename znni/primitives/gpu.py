@@ -1,0 +1,145 @@
+"""GPU primitives as the GPU planner sees them (DESIGN §6): device memory and modelled seconds.
+
+Two families. *Resident*: the layer's input and output live in device memory (the GPU tail of a
+pipeline passes tensors from layer to layer on the card). *GPU + host RAM* (``gpu-host-*``):
+input and output stay in host RAM and the layer runs as sub-layers that fit on the card —
+batch splits first (each input up once, each output down once), then chunks of output maps
+(each chunk re-reads the sample's input) and of input maps (accumulated on the device) — with
+two streams and pinned buffers, so uploads, compute and downloads overlap: a split runs in
+max(compute, upload, download) plus one chunk's upload and download to fill and drain the pipe.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..spec import Conv, Layer, Pool, Shape5
+from .base import FLOAT_BYTES, tensor_bytes
+from .direct import conv_output_shape
+from .gpu_fft import gpu_fft_flops, gpu_fft_scratch_bytes
+from .mpf import mpf_output_shape
+
+if TYPE_CHECKING:
+    from ..planner.gpu_device import GpuSpec
+
+
+def output_shape(layer: Layer, shape_in: Shape5) -> Shape5:
+    return (conv_output_shape(layer, shape_in) if isinstance(layer, Conv)
+            else mpf_output_shape(layer, shape_in))
+
+
+def weight_bytes(layer: Layer) -> int:
+    if not isinstance(layer, Conv):
+        return 0
+    return FLOAT_BYTES * layer.out_channels * (layer.in_channels * math.prod(layer.kernel) + 1)
+
+
+def _undilated(layer: Layer) -> bool:
+    return layer.dilation == (1, 1, 1) and not (isinstance(layer, Pool) and layer.max_filter)
+
+
+@dataclass(frozen=True)
+class ResidentGpu:
+    """``gpu-direct``, ``gpu-fft``, ``gpu-mpf``: one kernel module on device-resident tensors."""
+
+    name: str
+    method: str  # direct, fft or mpf
+
+    def supports(self, layer: Layer) -> bool:
+        return _undilated(layer) and isinstance(layer, Pool) == (self.method == "mpf")
+
+    def working_bytes(self, layer: Layer, shape_in: Shape5) -> int:
+        """Device bytes while it runs: input, output and (FFT) its spectra and scratch."""
+        io = tensor_bytes(shape_in) + tensor_bytes(output_shape(layer, shape_in))
+        if self.method == "fft":
+            assert isinstance(layer, Conv)
+            io += gpu_fft_scratch_bytes(layer, shape_in)
+        return io
+
+    def seconds(self, layer: Layer, shape_in: Shape5, gpu: GpuSpec) -> float:
+        """Compute or device-memory traffic, whichever is slower, plus the launches."""
+        traffic = tensor_bytes(shape_in) + tensor_bytes(output_shape(layer, shape_in))
+        if self.method == "mpf":
+            return traffic / gpu.bandwidth + gpu.launch_seconds
+        assert isinstance(layer, Conv)
+        if self.method == "direct":
+            out = conv_output_shape(layer, shape_in)
+            flops = 2 * math.prod(out) * layer.in_channels * math.prod(layer.kernel)
+            return max(flops / gpu.direct_flops, traffic / gpu.bandwidth) + gpu.launch_seconds
+        scratch = gpu_fft_scratch_bytes(layer, shape_in)
+        # every transform pass and transpose reads and writes its buffers: ~3 sweeps of scratch
+        return (max(gpu_fft_flops(layer, shape_in) / gpu.fft_flops,
+                    (traffic + 3 * scratch) / gpu.bandwidth) + 20 * gpu.launch_seconds)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A GPU + host RAM sub-layer: ``samples`` per chunk, ``out_maps`` output and ``in_maps``
+    input maps per chunk (all maps: no channel split)."""
+
+    samples: int
+    out_maps: int
+    in_maps: int
+
+
+def _halvings(n: int) -> list[int]:
+    """n, ⌈n/2⌉, ⌈n/4⌉, …, 1: the chunk sizes tried."""
+    out = [n]
+    while out[-1] > 1:
+        out.append(-(-out[-1] // 2))
+    return out
+
+
+@dataclass(frozen=True)
+class HostRamGpu:
+    """``gpu-host-direct``, ``gpu-host-fft``, ``gpu-host-mpf``: a resident primitive run in
+    sub-layers streamed from and to host RAM."""
+
+    name: str
+    inner: ResidentGpu
+
+    def supports(self, layer: Layer) -> bool:
+        return self.inner.supports(layer)
+
+    def splits(self, layer: Layer, shape_in: Shape5) -> list[Split]:
+        """Batch splits first, then (one sample per chunk) output-map and input-map chunks."""
+        s, f = shape_in[:2]
+        fo = layer.out_channels if isinstance(layer, Conv) else f
+        out = [Split(n, fo, f) for n in _halvings(s)]
+        if isinstance(layer, Conv):
+            out += [Split(1, a, b) for a in _halvings(fo) for b in _halvings(f)
+                    if (a, b) != (fo, f)]
+        return out
+
+    def _chunk(self, layer: Layer, shape_in: Shape5, split: Split) -> tuple[Layer, Shape5]:
+        shape = (split.samples, split.in_maps, *shape_in[2:])
+        if isinstance(layer, Conv):
+            return Conv(split.in_maps, split.out_maps, layer.kernel, layer.activation), shape  # type: ignore[return-value]
+        return Pool(split.in_maps, layer.window), shape  # type: ignore[return-value]
+
+    def device_bytes(self, layer: Layer, shape_in: Shape5, split: Split) -> int:
+        """Two chunks in flight (double buffering) and the chunk's weights."""
+        chunk_layer, chunk_shape = self._chunk(layer, shape_in, split)
+        return 2 * self.inner.working_bytes(chunk_layer, chunk_shape) + weight_bytes(chunk_layer)
+
+    def seconds(self, layer: Layer, shape_in: Shape5, split: Split, gpu: GpuSpec) -> float:
+        s, f = shape_in[:2]
+        chunk_layer, chunk_shape = self._chunk(layer, shape_in, split)
+        fo = layer.out_channels if isinstance(layer, Conv) else f
+        chunks = (-(-s // split.samples) * -(-fo // split.out_maps) * -(-f // split.in_maps))
+        compute = chunks * self.inner.seconds(chunk_layer, chunk_shape, gpu)
+        out_chunk = tensor_bytes(output_shape(chunk_layer, chunk_shape))
+        up = -(-fo // split.out_maps) * tensor_bytes(shape_in)  # input re-read per output chunk
+        down = tensor_bytes(output_shape(layer, shape_in))
+        fill = (tensor_bytes(chunk_shape) + out_chunk) / gpu.link_bandwidth
+        return (max(compute, up / gpu.link_bandwidth, down / gpu.link_bandwidth) + fill
+                + 2 * chunks * gpu.launch_seconds)
+
+
+RESIDENT: dict[str, ResidentGpu] = {p.name: p for p in (
+    ResidentGpu("gpu-direct", "direct"), ResidentGpu("gpu-fft", "fft"),
+    ResidentGpu("gpu-mpf", "mpf"))}
+HOST_RAM: dict[str, HostRamGpu] = {f"gpu-host-{p.method}": HostRamGpu(f"gpu-host-{p.method}", p)
+                                   for p in RESIDENT.values()}
