@@ -94,6 +94,7 @@ def test_torchscript_is_accepted_like_the_module() -> None:
     eager = from_module(model)
     scripted = from_module(torch.jit.script(model))
     assert scripted.to_dict()["layers"] == eager.to_dict()["layers"]
+    assert "0: 0 + 1 + 2, 1: 3" in eager.description  # conv + BatchNorm + ReLU, then the pool
     for i, (w, b) in eager.require_weights().items():
         np.testing.assert_array_equal(scripted.require_weights()[i][0], w)
 

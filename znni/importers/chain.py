@@ -32,7 +32,7 @@ class _Conv:
     weight: np.ndarray  # (out, in, kz, ky, kx) float64 while folding
     bias: np.ndarray
     activation: str = "linear"
-    folded: list[str] = field(default_factory=list)
+    merged: list[str] = field(default_factory=list)  # BatchNorm / activation nodes folded in
 
 
 @dataclass
@@ -79,7 +79,7 @@ class ChainBuilder:
         offset = 0.0 if shift is None else np.asarray(shift, np.float64)
         last.weight = last.weight * gain[:, None, None, None, None]
         last.bias = (last.bias - np.asarray(mean, np.float64)) * gain + offset
-        last.folded.append(node)
+        last.merged.append(node)
 
     def activation(self, node: str, kind: str) -> None:
         """``kind`` ∈ relu/sigmoid/tanh/linear: the activation of the last conv."""
@@ -95,6 +95,7 @@ class ChainBuilder:
                               "znni applies one activation per conv layer")
         # Behind pools is fine: max commutes with monotone non-decreasing functions.
         convs[-1].activation = kind
+        convs[-1].merged.append(node)
 
     def pool(self, node: str, window: tuple[int, int, int]) -> None:
         if not self._layers:
@@ -111,7 +112,10 @@ class ChainBuilder:
         channels = convs[0].weight.shape[1] if input_channels is None else input_channels
         layers: list[dict[str, Any]] = []
         weights: dict[str, np.ndarray] = {}
+        origin = []  # which source nodes each znni layer came from, for the description
         for i, layer in enumerate(self._layers):
+            merged = layer.merged if isinstance(layer, _Conv) else []
+            origin.append(f"{i}: {' + '.join([layer.node, *merged])}")
             if isinstance(layer, _Pool):
                 layers.append({"type": "pool", "window": list(layer.window)})
                 continue
@@ -121,4 +125,6 @@ class ChainBuilder:
             weights[f"layers.{i}.weight"] = layer.weight.astype(np.float32)
             weights[f"layers.{i}.bias"] = layer.bias.astype(np.float32)
         # znni.load validates everything again (channel chaining, shapes, finiteness).
-        return load({"name": name, "input_channels": int(channels), "layers": layers}, weights)
+        return load({"name": name, "input_channels": int(channels), "layers": layers,
+                     "description": "imported; layer: source nodes — " + ", ".join(origin)},
+                    weights)
