@@ -105,3 +105,20 @@ def test_cli_export_user_errors(tmp_path: Path) -> None:
                                        str(tmp_path / "lib")])
     assert result.exit_code == 2 and "cannot read plan" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_cmake_build_equals_infer(tmp_path: Path) -> None:
+    net = net_from_layers(TWO_POOLS, input_channels=1, seed=2)
+    plan = znni.make_plan(net, net.fragmentation)
+    export_plan(plan, net, tmp_path / "lib")
+    lib, build = tmp_path / "lib", tmp_path / "lib" / "build"
+    subprocess.run(["cmake", "-S", str(lib), "-B", str(build)], check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", str(build), "-j2"], check=True, capture_output=True)
+    volume = random_volume((1, *plan.input_patch), seed=7)
+    volume.tofile(lib / "in.f32")
+    subprocess.run([str(build / "example"), "weights.bin", "in.f32", "out.f32"], cwd=lib,
+                   check=True, capture_output=True)
+    ours = np.fromfile(lib / "out.f32", np.float32).reshape(net.output_channels,
+                                                            *plan.output_patch)
+    assert relative_error(ours, znni.infer(net, volume, plan=plan)) <= 1e-5

@@ -120,6 +120,7 @@ def test_round_trip(tmp_path: Path) -> None:
     ({0: {"auto_pad": "SAME_UPPER"}}, "auto_pad"),
     ({0: {"dilations": [1, 2, 1]}}, "dilations"),
     ({0: {"group": 2}}, "group"),
+    ({0: {"kernel_shape": [3, 3, 3]}}, "kernel_shape"),
     ({3: {"strides": [1, 1, 1]}}, "strides"),
     ({3: {"ceil_mode": 1}}, "ceil_mode"),
     ({1: {"training_mode": 1}}, "training_mode"),

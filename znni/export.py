@@ -1,4 +1,5 @@
-"""Export a plan as a standalone C/C++ library: generated sources, header, weights, Makefile.
+"""Export a plan as a standalone C/C++ library: generated sources, header, weights, and a
+Makefile and CMakeLists.txt to build it.
 
 The layers' kernels are exactly the ones the runtime compiles (:func:`direct_source`,
 :func:`mpf_source`, :func:`max_filter_source`), each in its own translation unit behind a
@@ -120,6 +121,7 @@ def export_plan(plan: Plan, net: Network, directory: str | os.PathLike,
         "major": major, "minor": minor, "patch": patch})
     sources["example.c"] = render("export_example.c.j2", {})
     sources["Makefile"] = render("export_Makefile.j2", {})
+    sources["CMakeLists.txt"] = render("export_CMakeLists.txt.j2", {})
     sources["plan.json"] = plan.to_json() + "\n"
     sources["net.json"] = json.dumps(net.to_dict(), indent=1) + "\n"
 

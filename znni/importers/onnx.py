@@ -94,7 +94,10 @@ def _check_conv(name: str, attrs: dict[str, Any], params: list[np.ndarray]) -> N
     if weight is None or weight.ndim != 5:
         raise unsupported(name, "Conv", "not a 3D convolution with an initializer weight",
                           "znni runs 3D convolutions (weight (out, in, kz, ky, kx))")
+    kernel = _ints(attrs.get("kernel_shape"), weight.shape[2:])
     problems = [
+        (kernel != weight.shape[2:], f"kernel_shape {list(kernel)} ≠ weight's "
+         f"{list(weight.shape[2:])}"),
         (_ints(attrs.get("strides"), (1, 1, 1)) != (1, 1, 1), f"strides {attrs.get('strides')}"),
         (any(_ints(attrs.get("pads"), (0,) * 6)), f"pads {attrs.get('pads')}"),
         (attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"),
