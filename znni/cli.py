@@ -339,8 +339,10 @@ def import_command(model: str, out_path: str, weights_path: str, spec: str | Non
 @click.option("--random-weights", "seed", type=int, default=None,
               help="Seeded He-initialised weights instead of --weights.")
 @click.option("--out", "out_dir", required=True, help="New directory for the library sources.")
+@click.option("--fftw", is_flag=True, help="FFT layers as FFTW3 kernels (the build links "
+              "libfftw3f) instead of direct convolution.")
 def export_command(plan_path: str, spec: str, weights: str | None, seed: int | None,
-                   out_dir: str) -> None:
+                   out_dir: str, fftw: bool) -> None:
     """Write PLAN.json as a standalone C library (sources, header, weights, Makefile)."""
 
     def run() -> None:
@@ -352,7 +354,7 @@ def export_command(plan_path: str, spec: str, weights: str | None, seed: int | N
         except (OSError, UnicodeDecodeError) as exc:
             raise ZnniError(f"cannot read plan {plan_path!r}: {exc}",
                             "write one with `znni plan SPEC -o PLAN.json`") from None
-        result = export_plan(Plan.from_json(text, net), net, out_dir)
+        result = export_plan(Plan.from_json(text, net), net, out_dir, fftw=fftw)
         for note in result.notes():
             click.echo(f"znni: note: {note}", err=True)
         click.echo(f"exported {net.name!r} ({len(result.files)} files) to {out_dir}; build it "

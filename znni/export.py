@@ -29,6 +29,7 @@ from . import __version__
 from .codegen.loader import default_toolchain
 from .codegen.render import ABI_HEADER, render
 from .errors import PlanError, ZnniError
+from .export_fftw import fftw_conv_source, fftw_weights
 from .planner.plan import MAX_FILTER, Plan
 from .primitives.direct import choose_block, direct_source, pack_weights
 from .primitives.max_filter import max_filter_source
@@ -62,10 +63,12 @@ def _version_ints() -> tuple[int, int, int]:
 
 
 def export_plan(plan: Plan, net: Network, directory: str | os.PathLike,
-                vector_width: int | None = None) -> ExportResult:
+                vector_width: int | None = None, fftw: bool = False) -> ExportResult:
     """Write the library for ``plan`` of ``net`` (with weights) into ``directory`` (created;
     must be empty if it exists). ``vector_width``: floats per SIMD register the direct kernels
-    are blocked for (default: this machine's, from ZNNI_CXXFLAGS)."""
+    are blocked for (default: this machine's, from ZNNI_CXXFLAGS). ``fftw``: FFT layers as
+    FFTW3 kernels (:mod:`znni.export_fftw`; the build then links libfftw3f) instead of direct
+    convolution."""
     weights = net.require_weights()
     plan = Plan.from_dict(plan.to_dict(), net)  # re-validated: nothing unchecked reaches codegen
     out = Path(directory)
@@ -76,6 +79,7 @@ def export_plan(plan: Plan, net: Network, directory: str | os.PathLike,
     layers = [s.layer for s in net.layer_shapes(plan.output_patch, 1, plan.max_filtered)]
     sources: dict[str, str] = {}
     rows, floats, converted = [], [], []
+    fftw_layers = 0
     offset = 0
     for lp in plan.layers:
         layer = layers[lp.index]
@@ -85,10 +89,16 @@ def export_plan(plan: Plan, net: Network, directory: str | os.PathLike,
             if not lp.primitive.startswith(_DIRECT_LIKE):
                 raise PlanError(f"layer {lp.index}: primitive {lp.primitive!r} cannot be "
                                 "exported", "plan with CPU primitives (direct, fft*)")
-            if lp.primitive != "direct":
-                converted.append((lp.index, lp.primitive))
-            source = direct_source(layer, lp.input_shape, vw)
-            w, b = pack_weights(*weights[lp.index], choose_block(layer, lp.input_shape, vw).ob)
+            if fftw and lp.primitive != "direct":
+                source = fftw_conv_source(layer, lp.input_shape)
+                w, b = fftw_weights(*weights[lp.index])
+                fftw_layers += 1
+            else:
+                if lp.primitive != "direct":
+                    converted.append((lp.index, lp.primitive))
+                source = direct_source(layer, lp.input_shape, vw)
+                w, b = pack_weights(*weights[lp.index],
+                                    choose_block(layer, lp.input_shape, vw).ob)
             w_off, w_count = offset, w.size
             b_off, b_count = offset + w.size, b.size
             offset += w.size + b.size
@@ -120,8 +130,9 @@ def export_plan(plan: Plan, net: Network, directory: str | os.PathLike,
         "weight_floats": offset, "n_pools": len(pools),
         "major": major, "minor": minor, "patch": patch})
     sources["example.c"] = render("export_example.c.j2", {})
-    sources["Makefile"] = render("export_Makefile.j2", {})
-    sources["CMakeLists.txt"] = render("export_CMakeLists.txt.j2", {})
+    sources["Makefile"] = render("export_Makefile.j2", {"fftw": int(fftw_layers > 0)})
+    sources["CMakeLists.txt"] = render("export_CMakeLists.txt.j2",
+                                       {"fftw": int(fftw_layers > 0)})
     sources["plan.json"] = plan.to_json() + "\n"
     sources["net.json"] = json.dumps(net.to_dict(), indent=1) + "\n"
 
