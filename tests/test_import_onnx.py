@@ -169,3 +169,30 @@ def test_strided_forward_is_the_dense_oracle_every_f_voxels() -> None:
     dense = reference.forward(net, x[0])[:, ::frag[0], ::frag[1], ::frag[2]]
     assert relative_error(strided_forward(net, x[0]).astype(np.float32), dense) < 1e-6
     assert max_pool(np.arange(8.0).reshape(1, 2, 2, 2), (2, 2, 2)).item() == 7.0
+
+
+def test_a_graph_from_torch_onnx_export(tmp_path: Path) -> None:
+    """What PyTorch's own exporter writes (BatchNorm already folded by it, node names like
+    '/0/Conv') imports, and equals the model's dense output."""
+    torch = pytest.importorskip("torch")
+    from .test_import import _randomise_bn
+    from .test_import import torch_dense as module_dense
+
+    nn = torch.nn
+    torch.manual_seed(3)
+    model = _randomise_bn(nn.Sequential(
+        nn.Conv3d(3, 4, (1, 3, 3)), nn.BatchNorm3d(4), nn.ReLU(), nn.MaxPool3d((1, 2, 2)),
+        nn.Conv3d(4, 2, (3, 1, 3)), nn.Sigmoid()))
+    path = tmp_path / "exported.onnx"
+    try:
+        torch.onnx.export(model, (torch.randn(1, 3, 8, 16, 16),), str(path), dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {2: "z", 3: "y", 4: "x"}})
+    except Exception as exc:  # the TorchScript-based exporter is deprecated upstream
+        pytest.skip(f"torch.onnx.export unavailable: {exc}")
+    net = load_file(path)
+    assert "/0/Conv" in net.description
+    frag = net.fragmentation
+    patch = (frag[0], 2 * frag[1], 2 * frag[2])
+    volume = random_volume((3, *net.input_size(patch)), seed=9)
+    ours = znni.infer(net, volume, patch, primitives="direct", threads=1)
+    assert relative_error(ours, module_dense(model, volume)) < 1e-4
