@@ -42,8 +42,14 @@ class CompiledPlan:
                                      threads)
 
         # Kernels compile in parallel (g++ runs outside the GIL); cache hits are milliseconds.
+        cpu_layers, gpu_layers = plan.layers, []
+        if plan.gpu is not None:  # the GPU tail (raises clearly without a CUDA device)
+            from .gpu import gpu_steps
+
+            cpu_layers = plan.layers[:plan.gpu.theta]
+            gpu_layers = gpu_steps(plan, layers, dict(weights))
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            self.steps: list[Step] = list(pool.map(prepare, plan.layers))
+            self.steps: list[Step] = [*pool.map(prepare, cpu_layers), *gpu_layers]
         log.info("prepared %d layers in %.2f s", len(self.steps), time.perf_counter() - start)
 
     def new_input(self) -> np.ndarray:
