@@ -108,9 +108,9 @@ def test_cli_export_user_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
-def test_cmake_build_equals_infer(tmp_path: Path) -> None:
+def test_cmake_build_all_pools_max_filtered_equals_infer(tmp_path: Path) -> None:
     net = net_from_layers(TWO_POOLS, input_channels=1, seed=2)
-    plan = znni.make_plan(net, net.fragmentation)
+    plan = znni.make_plan(net, (2, 3, 5), 1, {1: "maxfilter", 3: "maxfilter"})  # no fragments
     export_plan(plan, net, tmp_path / "lib")
     lib, build = tmp_path / "lib", tmp_path / "lib" / "build"
     subprocess.run(["cmake", "-S", str(lib), "-B", str(build)], check=True, capture_output=True)
