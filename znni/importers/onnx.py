@@ -51,9 +51,11 @@ def _ints(value: Any, default: tuple[int, ...]) -> tuple[int, ...]:
     return default if value is None else tuple(int(v) for v in value)
 
 
-def _chain(onnx: Any, model: Any) -> tuple[list[tuple[str, Any, dict[str, Any], list[np.ndarray]]],
-                                           str]:
-    """(node name, node, attributes, parameter arrays) in chain order, and the input's name."""
+Chain = list[tuple[str, Any, dict[str, Any], list[np.ndarray]]]
+
+
+def _chain(onnx: Any, model: Any) -> Chain:
+    """(node name, node, attributes, parameter arrays) per node, in chain order."""
     graph = model.graph
     params: dict[str, np.ndarray] = {}
     for tensor in graph.initializer:
@@ -86,7 +88,7 @@ def _chain(onnx: Any, model: Any) -> tuple[list[tuple[str, Any, dict[str, Any], 
     if current != graph.output[0].name:
         raise UnsupportedModelError(f"the graph's output {graph.output[0].name!r} is not the "
                                     "last node's", "znni imports chains")
-    return chain, inputs[0]
+    return chain
 
 
 def _check_conv(name: str, attrs: dict[str, Any], params: list[np.ndarray]) -> None:
@@ -132,7 +134,7 @@ def _window(name: str, attrs: dict[str, Any]) -> tuple[int, int, int]:
     return (window[0], window[1], window[2])
 
 
-def _translate(chain: list[tuple[str, Any, dict[str, Any], list[np.ndarray]]]) -> ChainBuilder:
+def _translate(chain: Chain) -> ChainBuilder:
     builder = ChainBuilder()
     for name, node, attrs, params in chain:
         op = node.op_type
@@ -155,8 +157,7 @@ def _translate(chain: list[tuple[str, Any, dict[str, Any], list[np.ndarray]]]) -
     return builder
 
 
-def _evaluate(chain: list[tuple[str, Any, dict[str, Any], list[np.ndarray]]],
-              x: np.ndarray) -> np.ndarray:
+def _evaluate(chain: Chain, x: np.ndarray) -> np.ndarray:
     """The original graph on ``x`` (1, C, Z, Y, X) in float64 numpy, op by op, BatchNorm
     unfolded."""
     t = x[0].astype(np.float64)
@@ -188,7 +189,7 @@ def load_file(path: str | os.PathLike, check: bool = True) -> Network:
     except Exception as exc:  # protobuf's DecodeError and friends
         raise UnsupportedModelError(f"{path} is not a readable ONNX model: {exc}",
                                     "export it with torch.onnx.export or onnx.save") from None
-    chain, _ = _chain(onnx, model)
+    chain = _chain(onnx, model)
     net = _translate(chain).network(model.graph.name or path.stem)
     if check:
         check_import(net, lambda x: _evaluate(chain, x), f"the ONNX graph {net.name!r}")
