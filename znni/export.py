@@ -9,8 +9,9 @@ A rendered driver (``znni_net.cpp``) runs them in plan order and recombines the 
 ``layers.inc`` / ``pools.inc`` are its X-macro tables. Every piece of generated text comes from
 :func:`~znni.codegen.render.render` (validated integers only); this module only concatenates.
 
-FFT layers are exported as direct convolution (same result, more FLOPs): the export has no FFT
-kernels. :func:`export_plan` reports which layers it converted.
+FFT layers are exported as direct convolution (same result, more FLOPs; :func:`export_plan`
+reports which layers it converted), or with ``fftw=True`` as FFTW3 kernels
+(:mod:`znni.export_fftw`), which make the build depend on libfftw3f.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class ExportResult:
     converted: tuple[tuple[int, str], ...]  # (layer index, planned primitive) run as direct
 
     def notes(self) -> list[str]:
-        return [f"layer {i}: planned as {p!r}, exported as direct convolution (the export "
-                "has no FFT kernels; same result, more FLOPs)" for i, p in self.converted]
+        return [f"layer {i}: planned as {p!r}, exported as direct convolution (same result, "
+                "more FLOPs; --fftw exports FFTW kernels)" for i, p in self.converted]
 
 
 def _version_ints() -> tuple[int, int, int]:
