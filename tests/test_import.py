@@ -219,3 +219,15 @@ def test_import_uses_eval_mode_and_restores_training() -> None:
     model = _randomise_bn(held_out_nets()["aniso-bn-2pools-2ch"]).train()
     net = from_module(model)  # the check passes only with running statistics (eval mode)
     assert model.training and net.layers
+
+
+def test_without_torch_the_cli_says_what_to_install(tmp_path) -> None:
+    (tmp_path / "m.pt").write_bytes(b"x")
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from znni.cli import main\n"
+            f"main(['import', {str(tmp_path / 'm.pt')!r}, '--out', 'n.json', "
+            "'--weights-out', 'n.npz'])")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert run.returncode == 2 and "znni[torch]" in run.stderr
+    assert "Traceback" not in run.stderr

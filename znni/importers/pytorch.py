@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SpecError
+from ..errors import SpecError, ZnniError
 from ..spec import Conv, Network, load
 from ..torch_dense import require_torch
 from .chain import ChainBuilder, UnsupportedModelError, unsupported
@@ -34,9 +34,18 @@ _HINT_LAYERS = ("znni imports Conv3d, BatchNorm3d, MaxPool3d, ReLU, Sigmoid, Tan
                 "and Dropout (exactly these classes, not subclasses)")
 
 
+def _require_torch() -> Any:
+    try:
+        return require_torch()
+    except ZnniError:
+        raise ZnniError("importing a PyTorch model needs PyTorch",
+                        "pip install 'znni[torch]' (or export the model to ONNX and "
+                        "pip install 'znni[onnx]')") from None
+
+
 def _kind(module: Any) -> str:
     """The torch.nn class name, for eager and TorchScript modules alike."""
-    torch = require_torch()
+    torch = _require_torch()
     if isinstance(module, torch.jit.ScriptModule):
         return str(module.original_name)
     return type(module).__name__
@@ -116,7 +125,7 @@ def _translate(module: Any) -> ChainBuilder:
 
 def from_module(module: Any, name: str | None = None, check: bool = True) -> Network:
     """The znni network of an in-memory ``nn.Module`` or TorchScript module (eval mode)."""
-    torch = require_torch()
+    torch = _require_torch()
     builder = _translate(module)
     net = builder.network(name or _kind(module))
     if check:
@@ -138,7 +147,7 @@ def from_state_dict(state: Mapping[str, Any], spec: str | os.PathLike | Mapping[
     The state_dict's modules are taken in order: each conv weight (5 dimensions) belongs to the
     spec's next conv layer; a BatchNorm (``running_mean``…) right after a conv is folded into it
     (applied before the conv's activation; its ``eps``, not in a state_dict, is ``bn_eps``)."""
-    torch = require_torch()
+    torch = _require_torch()
     topology = load(spec)
     groups: dict[str, dict[str, np.ndarray]] = {}
     for key, value in state.items():
@@ -207,7 +216,7 @@ def load_file(path: str | os.PathLike, spec: str | os.PathLike | None = None,
               trust_pickle: bool = False, check: bool = True) -> Network:
     """Import a PyTorch file: a state_dict (with ``spec``), a TorchScript archive, or — only
     with ``trust_pickle`` — a pickled ``nn.Module``."""
-    torch = require_torch()
+    torch = _require_torch()
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"model file {str(path)!r} not found", "check the path")
