@@ -30,10 +30,16 @@ TWO_POOLS = [{"type": "conv", "kernel": [3, 3, 1], "out_channels": 3, "activatio
 
 
 def build_and_run(directory: Path, batch_input: np.ndarray, out_shape: tuple[int, ...],
-                  threads: int = 1) -> np.ndarray:
-    subprocess.run(["make", "-j2"], cwd=directory, check=True, capture_output=True)
+                  threads: int = 1, cmake: bool = False) -> np.ndarray:
+    """Build the exported library with make (or CMake into ``build/``), run its example."""
+    if cmake:
+        for args in (["-S", ".", "-B", "build"], ["--build", "build", "-j2"]):
+            subprocess.run(["cmake", *args], cwd=directory, check=True, capture_output=True)
+    else:
+        subprocess.run(["make", "-j2"], cwd=directory, check=True, capture_output=True)
     batch_input.astype(np.float32).tofile(directory / "in.f32")
-    run = subprocess.run(["./example", "weights.bin", "in.f32", "out.f32", str(threads)],
+    example = "build/example" if cmake else "./example"
+    run = subprocess.run([example, "weights.bin", "in.f32", "out.f32", str(threads)],
                          cwd=directory, check=True, capture_output=True, text=True)
     assert run.stdout.startswith("znni-export 1 (znni ")
     return np.fromfile(directory / "out.f32", np.float32).reshape(out_shape)
@@ -112,13 +118,7 @@ def test_cmake_build_all_pools_max_filtered_equals_infer(tmp_path: Path) -> None
     net = net_from_layers(TWO_POOLS, input_channels=1, seed=2)
     plan = znni.make_plan(net, (2, 3, 5), 1, {1: "maxfilter", 3: "maxfilter"})  # no fragments
     export_plan(plan, net, tmp_path / "lib")
-    lib, build = tmp_path / "lib", tmp_path / "lib" / "build"
-    subprocess.run(["cmake", "-S", str(lib), "-B", str(build)], check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(build), "-j2"], check=True, capture_output=True)
     volume = random_volume((1, *plan.input_patch), seed=7)
-    volume.tofile(lib / "in.f32")
-    subprocess.run([str(build / "example"), "weights.bin", "in.f32", "out.f32"], cwd=lib,
-                   check=True, capture_output=True)
-    ours = np.fromfile(lib / "out.f32", np.float32).reshape(net.output_channels,
-                                                            *plan.output_patch)
+    ours = build_and_run(tmp_path / "lib", volume, (net.output_channels, *plan.output_patch),
+                         cmake=True)
     assert relative_error(ours, znni.infer(net, volume, plan=plan)) <= 1e-5

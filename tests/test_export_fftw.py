@@ -69,13 +69,6 @@ def test_cli_fftw_export_builds_with_cmake(tmp_path: Path) -> None:
                                     str(tmp_path / "net.json"), "--weights",
                                     str(tmp_path / "w.npz"), "--out", str(lib), "--fftw"])
     assert run.exit_code == 0 and "note" not in run.output, run.output
-    build = lib / "build"
-    subprocess.run(["cmake", "-S", str(lib), "-B", str(build)], check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(build), "-j2"], check=True, capture_output=True)
     volume = random_volume((1, *plan.input_patch), seed=6)
-    volume.tofile(lib / "in.f32")
-    subprocess.run([str(build / "example"), "weights.bin", "in.f32", "out.f32"], cwd=lib,
-                   check=True, capture_output=True)
-    ours = np.fromfile(lib / "out.f32", np.float32).reshape(net.output_channels,
-                                                            *plan.output_patch)
+    ours = build_and_run(lib, volume, (net.output_channels, *plan.output_patch), cmake=True)
     assert relative_error(ours, znni.infer(net, volume, plan=plan, threads=1)) <= 1e-5
