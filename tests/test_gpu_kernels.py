@@ -13,9 +13,10 @@ from znni.codegen.nvcc import NvccToolchain
 from znni.primitives.direct import pack_weights
 from znni.primitives.gpu_fft import gpu_fft_source
 from znni.primitives.gpu_kernels import (EMULATE_ENV, direct_block, gpu_direct_source,
-                                         gpu_mpf_source, load_gpu_kernel)
+                                         gpu_pool_source, load_gpu_kernel)
+from znni.primitives.max_filter import max_filter_output_shape
 from znni.primitives.mpf import mpf_output_shape
-from znni.reference import forward
+from znni.reference import _dilated_correlation, _dilated_max_filter, forward
 from znni.spec import Conv, Pool
 
 from .conftest import net_from_layers, random_volume, relative_error
@@ -84,36 +85,109 @@ def _fragments(x: np.ndarray, window: tuple[int, int, int]) -> np.ndarray:
 def test_emulated_mpf_equals_fragments_by_definition(window, size, channels, batch) -> None:
     layer = Pool(channels, window)
     x = random_volume((batch, channels, *size), seed=5)
-    module = load_gpu_kernel(gpu_mpf_source(layer, x.shape), "mpf test")
+    module = load_gpu_kernel(gpu_pool_source(layer, x.shape), "mpf test")
     out = np.full(mpf_output_shape(layer, x.shape), np.nan, np.float32)  # type: ignore[arg-type]
     module.forward(x, out, 1)
     np.testing.assert_array_equal(out, _fragments(x, window))
 
 
-def gpu_sources(net: znni.Network) -> list[str]:
-    """Every GPU source a plan of ``net`` at its smallest patch renders (deduplicated)."""
+@pytest.mark.parametrize(("kernel", "dilation", "size", "activation"), [
+    ((3, 3, 3), (2, 2, 2), (9, 10, 11), "relu"),
+    ((3, 3, 1), (1, 2, 4), (5, 9, 6), "linear"),    # anisotropic kernel and dilation
+    ((2, 1, 3), (4, 1, 2), (7, 3, 9), "sigmoid")])
+def test_emulated_dilated_direct_equals_numpy(kernel, dilation, size, activation, rng) -> None:
+    """Convs after max-filtered pools run with dilated taps."""
+    layer = Conv(3, 5, kernel, activation, dilation)
+    w = rng.standard_normal((5, 3, *kernel)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    x = random_volume((2, 3, *size), seed=6)
+    module = load_gpu_kernel(gpu_direct_source(layer, x.shape), "dilated direct test")
+    wp, bp = pack_weights(w, b, direct_block(layer))
+    expected = np.stack([_dilated_correlation(xs.astype(np.float64), w.astype(np.float64),
+                                              list(dilation)) + b[:, None, None, None]
+                         for xs in x])
+    act = {"relu": lambda v: np.maximum(v, 0), "linear": lambda v: v,
+           "sigmoid": lambda v: 1 / (1 + np.exp(-v))}[activation]
+    out = np.full(expected.shape, np.nan, np.float32)
+    module.forward(x, out, 1, wp, bp)
+    assert relative_error(out, act(expected)) < 1e-4
+
+
+@pytest.mark.parametrize(("window", "dilation", "size"), [
+    ((2, 2, 2), (1, 1, 1), (7, 8, 9)), ((2, 2, 2), (2, 4, 2), (9, 11, 7)),
+    ((3, 1, 2), (1, 1, 3), (5, 4, 8))])
+def test_emulated_max_filter_equals_numpy(window, dilation, size) -> None:
+    layer = Pool(3, window, max_filter=True, dilation=dilation)
+    x = random_volume((2, 3, *size), seed=7)
+    module = load_gpu_kernel(gpu_pool_source(layer, x.shape), "max filter test")
+    out = np.full(max_filter_output_shape(layer, x.shape), np.nan, np.float32)
+    module.forward(x, out, 1)
+    expected = np.stack([_dilated_max_filter(xs, window, list(dilation)) for xs in x])
+    np.testing.assert_array_equal(out, expected)
+
+
+HELD_OUT = {"name": "held_out", "input_channels": 2, "layers": [
+    {"type": "conv", "kernel": [2, 3, 5], "out_channels": 7, "activation": "tanh"},
+    {"type": "pool", "window": [3, 1, 2]},
+    {"type": "conv", "kernel": [1, 3, 3], "out_channels": 9, "activation": "relu"},
+    {"type": "pool", "window": [1, 2, 2]},
+    {"type": "conv", "kernel": [3, 1, 1], "out_channels": 3, "activation": "sigmoid"}]}
+#: Layers per benchmark net whose GPU sources the nvcc check compiles (nvcc is slow: the first
+#: few layers hold every template and both pool modes).
+NVCC_LAYERS = 4
+
+
+def gpu_sources(net: znni.Network, layers: int) -> list[str]:
+    """The GPU sources of a plan of ``net`` at its smallest patch (deduplicated): its first
+    ``layers`` layers with fragments, and as many from the last pool on with that pool
+    max-filtered (the dilated kernels)."""
     sources: dict[str, None] = {}
-    for shapes in net.layer_shapes(net.fragmentation, 1):
-        layer = shapes.layer
-        if isinstance(layer, Conv):
-            sources[gpu_direct_source(layer, shapes.input)] = None
-            sources[gpu_fft_source(layer, shapes.input)] = None
-        else:
-            sources[gpu_mpf_source(layer, shapes.input)] = None
+    for max_filtered in (0, 1):
+        shapes_list = net.layer_shapes(net.fragmentation_with(max_filtered), 1, max_filtered)
+        first = next(j for j, s in enumerate(shapes_list)
+                     if max_filtered == 0 or getattr(s.layer, "max_filter", False))
+        for shapes in shapes_list[first:first + layers]:
+            layer = shapes.layer
+            if isinstance(layer, Conv):
+                sources[gpu_direct_source(layer, shapes.input)] = None
+                if layer.dilation == (1, 1, 1):
+                    sources[gpu_fft_source(layer, shapes.input)] = None
+            else:
+                sources[gpu_pool_source(layer, shapes.input)] = None
     return list(sources)
 
 
+_ENTRY_POINTS = ("znni_abi_version", "znni_input_slack", "znni_layer_forward",
+                 "znni_gpu_layer_forward")
+
+
+def one_translation_unit(sources: list[str]) -> str:
+    """All ``sources`` as one .cu file, so one nvcc run checks them all: the shared headers come
+    first (include guards keep them out of the rest), each source sits in its own namespace
+    and its extern "C" entry points are renamed apart by macros."""
+    parts = ['#include "znni_abi.h"\n#include "cuda_emulation.h"\n#include "cufft_emulation.h"\n'
+             "#include <cmath>\n"]
+    for j, source in enumerate(sources):
+        body = "\n".join(line for line in source.splitlines()
+                         if not line.startswith("#include"))
+        defines = "".join(f"#define {e} {e}_{j}\n" for e in _ENTRY_POINTS)
+        undefs = "".join(f"#undef {e}\n" for e in _ENTRY_POINTS)
+        parts.append(f"{defines}namespace k{j} {{\n{body}\n}}  // namespace k{j}\n{undefs}")
+    return "\n".join(parts)
+
+
 @needs_nvcc
-@pytest.mark.parametrize("net_name", ["n337", "n537", "n726", "n926", "aniso2d3d", "tiny"])
-def test_generated_cuda_compiles_warning_free(net_name: str, tmp_path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generated_cuda_compiles_warning_free(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every GPU source of the four benchmark nets (first layers) and a held-out net compiles
+    with nvcc --Werror all-warnings, in one nvcc run."""
     from znni.codegen.nvcc import find_cufft
 
     if find_cufft() is None:
         pytest.skip("cuFFT headers not installed (pip install nvidia-cufft)")
     monkeypatch.delenv(EMULATE_ENV)
-    toolchain = NvccToolchain.from_config(with_cufft=True)
-    for j, source in enumerate(gpu_sources(znni.load(net_name))):
-        path = tmp_path / f"k{j}.cu"
-        path.write_text(source)
-        toolchain.check(path)  # raises CompileError with nvcc's output on any warning
+    nets = [znni.load(name) for name in ("n337", "n537", "n726", "n926")]
+    sources = [s for net in nets for s in gpu_sources(net, NVCC_LAYERS)]
+    sources += gpu_sources(znni.load(HELD_OUT), len(HELD_OUT["layers"]))
+    path = tmp_path / "all.cu"
+    path.write_text(one_translation_unit(list(dict.fromkeys(sources))))
+    NvccToolchain.from_config(with_cufft=True).check(path)  # CompileError on any warning

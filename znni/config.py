@@ -33,7 +33,7 @@ KNOBS = {
     "device": Knob("ZNNI_DEVICE", "device description (JSON) to plan with instead of measuring "
                    "this machine once", False),
     "nvcc": Knob("ZNNI_NVCC", "CUDA compiler for GPU kernels (default nvcc)", True),
-    "nvcc_arch": Knob("ZNNI_NVCC_ARCH", "GPU architecture for nvcc -arch (default sm_90: "
+    "nvcc_arch": Knob("ZNNI_CUDA_ARCH", "GPU architecture for nvcc -arch (default sm_90: "
                       "H100/H200)", True),
     "nvccflags": Knob("ZNNI_NVCCFLAGS", "replaces the default nvcc optimisation flags", True),
     "fftw_effort": Knob("ZNNI_FFTW_EFFORT", "FFTW planner effort: FFTW_ESTIMATE, FFTW_MEASURE "
@@ -90,7 +90,7 @@ def nvcc() -> str:
 def nvcc_arch() -> str:
     value = os.environ.get(KNOBS["nvcc_arch"].env, "sm_90")
     if not re.fullmatch(r"(sm|compute)_[0-9]{2,3}[af]?", value):
-        raise ZnniError(f"ZNNI_NVCC_ARCH={value!r} is not a CUDA architecture",
+        raise ZnniError(f"ZNNI_CUDA_ARCH={value!r} is not a CUDA architecture",
                         "use e.g. sm_90 (H100/H200) or sm_80 (A100)")
     return value
 

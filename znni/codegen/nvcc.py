@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,6 +19,7 @@ from pathlib import Path
 from .. import config
 from ..errors import CompileError
 from .render import TEMPLATE_DIR
+from .toolchain import run_compiler
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ class NvccToolchain:
 
     @classmethod
     def from_config(cls, with_cufft: bool = False) -> NvccToolchain:
-        """From ZNNI_NVCC / ZNNI_NVCC_ARCH / ZNNI_NVCCFLAGS; ``with_cufft`` links cuFFT (a
+        """From ZNNI_NVCC / ZNNI_CUDA_ARCH / ZNNI_NVCCFLAGS; ``with_cufft`` links cuFFT (a
         CompileError with a hint when it is not installed)."""
         cufft = None
         if with_cufft:
@@ -87,16 +86,8 @@ class NvccToolchain:
         return flags
 
     def _run(self, args: list[str], hint: str) -> str:
-        exe = shutil.which(self.nvcc)
-        if exe is None:
-            raise CompileError(f"CUDA compiler {self.nvcc!r} not found",
-                               "install the CUDA toolkit or set ZNNI_NVCC")
-        proc = subprocess.run([exe, *args], capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, check=False)
-        if proc.returncode != 0:
-            raise CompileError(f"{self.nvcc} failed (exit {proc.returncode})", hint,
-                               [self.nvcc, *args], proc.stdout + proc.stderr)
-        return proc.stdout + proc.stderr
+        return run_compiler(self.nvcc, "CUDA compiler",
+                            "install the CUDA toolkit or set ZNNI_NVCC", args, hint)
 
     @cached_property
     def fingerprint(self) -> str:

@@ -14,6 +14,20 @@ from ..errors import CompileError
 from .render import TEMPLATE_DIR
 
 
+def run_compiler(compiler: str, what: str, install_hint: str, args: list[str], hint: str) -> str:
+    """Run ``compiler`` (g++ or nvcc) and return its output; a CompileError carrying the
+    command and the output when it is missing or fails."""
+    exe = shutil.which(compiler)
+    if exe is None:
+        raise CompileError(f"{what} {compiler!r} not found", install_hint)
+    proc = subprocess.run([exe, *args], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        raise CompileError(f"{compiler} failed (exit {proc.returncode})", hint,
+                           [compiler, *args], proc.stdout + proc.stderr)
+    return proc.stdout + proc.stderr
+
+
 @dataclass(frozen=True)
 class GccToolchain:
     """g++ (or a compatible ``ZNNI_CXX``) building one shared object per source."""
@@ -30,16 +44,8 @@ class GccToolchain:
                 "-Wall", "-Wextra", f"-I{TEMPLATE_DIR}"]
 
     def _run(self, args: list[str], hint: str) -> str:
-        exe = shutil.which(self.cxx)
-        if exe is None:
-            raise CompileError(f"C++ compiler {self.cxx!r} not found",
-                               "install g++ (e.g. apt-get install g++) or set ZNNI_CXX")
-        proc = subprocess.run([exe, *args], capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, check=False)
-        if proc.returncode != 0:
-            raise CompileError(f"{self.cxx} failed (exit {proc.returncode})", hint,
-                               [self.cxx, *args], proc.stdout + proc.stderr)
-        return proc.stdout + proc.stderr
+        return run_compiler(self.cxx, "C++ compiler",
+                            "install g++ (e.g. apt-get install g++) or set ZNNI_CXX", args, hint)
 
     @cached_property
     def fingerprint(self) -> str:

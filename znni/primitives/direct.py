@@ -98,15 +98,21 @@ def conv_output_shape(layer: Conv, shape_in: Shape5) -> Shape5:
     return (s, layer.out_channels, nz - kz + 1, ny - ky + 1, nx - kx + 1)
 
 
+def conv_context(layer: Conv, shape_in: Shape5) -> dict[str, int | str]:
+    """Template variables every direct-conv template (C++ and CUDA) needs: maps, kernel,
+    dilation, image and activation."""
+    _, _, nz, ny, nx = shape_in
+    return {"f_in": layer.in_channels, "f_out": layer.out_channels,
+            "kz": layer.kernel[0], "ky": layer.kernel[1], "kx": layer.kernel[2],
+            "dz": layer.dilation[0], "dy": layer.dilation[1], "dx": layer.dilation[2],
+            "nz": nz, "ny": ny, "nx": nx, "activation": layer.activation}
+
+
 def direct_source(layer: Conv, shape_in: Shape5, vector_width: int) -> str:
     """The generated C++ for one layer shape (viewable without compiling)."""
     block = choose_block(layer, shape_in, vector_width)
-    _, _, nz, ny, nx = shape_in
     return render("direct_conv.cpp.j2", {
-        "f_in": layer.in_channels, "f_out": layer.out_channels,
-        "kz": layer.kernel[0], "ky": layer.kernel[1], "kx": layer.kernel[2],
-        "dz": layer.dilation[0], "dy": layer.dilation[1], "dx": layer.dilation[2],
-        "nz": nz, "ny": ny, "nx": nx, "activation": layer.activation,
+        **conv_context(layer, shape_in),
         "vector_width": vector_width, "xv": block.xv, "ob": block.ob, "ic": block.ic,
         # Unrolling the tap rows pays on small kernels (+25 % on 3³) but makes g++ run for
         # minutes on 7³ and larger: unroll only kernels of at most _MAX_UNROLLED_TAPS taps.

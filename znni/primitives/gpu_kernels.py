@@ -15,6 +15,7 @@ from ..codegen.loader import KernelModule, default_toolchain, load_kernel
 from ..codegen.nvcc import NvccToolchain
 from ..codegen.render import render
 from ..spec import Conv, Pool, Shape5
+from .direct import conv_context
 
 #: Threads per block of the elementwise kernels (a multiple of the warp size).
 THREADS = 256
@@ -39,19 +40,20 @@ def direct_block(layer: Conv) -> int:
 
 
 def gpu_direct_source(layer: Conv, shape_in: Shape5) -> str:
-    _, _, nz, ny, nx = shape_in
-    return render("direct_conv.cu.j2", {
-        "f_in": layer.in_channels, "f_out": layer.out_channels,
-        "kz": layer.kernel[0], "ky": layer.kernel[1], "kx": layer.kernel[2],
-        "nz": nz, "ny": ny, "nx": nx, "activation": layer.activation,
-        "ob": direct_block(layer), "threads": THREADS})
+    return render("direct_conv.cu.j2", {**conv_context(layer, shape_in),
+                                        "ob": direct_block(layer), "threads": THREADS})
 
 
-def gpu_mpf_source(layer: Pool, shape_in: Shape5) -> str:
+def gpu_pool_source(layer: Pool, shape_in: Shape5) -> str:
+    """MPF (``mpf.cu.j2``), or the dilated dense max filter where the plan max-filters this
+    pool (``max_filter.cu.j2``): the pool's mode decides, as on the CPU."""
     _, c, nz, ny, nx = shape_in
-    pz, py, px = layer.window
-    return render("mpf.cu.j2", {"channels": c, "nz": nz, "ny": ny, "nx": nx,
-                                "pz": pz, "py": py, "px": px, "threads": THREADS})
+    (pz, py, px), (dz, dy, dx) = layer.window, layer.dilation
+    context = {"channels": c, "nz": nz, "ny": ny, "nx": nx, "pz": pz, "py": py, "px": px,
+               "threads": THREADS}
+    if not layer.max_filter:
+        return render("mpf.cu.j2", context)
+    return render("max_filter.cu.j2", {**context, "dz": dz, "dy": dy, "dx": dx})
 
 
 def load_gpu_kernel(source: str, label: str, with_cufft: bool = False) -> KernelModule:
