@@ -132,21 +132,12 @@ HELD_OUT = {"name": "held_out", "input_channels": 2, "layers": [
     {"type": "conv", "kernel": [1, 3, 3], "out_channels": 9, "activation": "relu"},
     {"type": "pool", "window": [1, 2, 2]},
     {"type": "conv", "kernel": [3, 1, 1], "out_channels": 3, "activation": "sigmoid"}]}
-#: Layers per benchmark net whose GPU sources the nvcc check compiles (nvcc is slow: the first
-#: few layers hold every template and both pool modes).
-NVCC_LAYERS = 4
-
-
-def gpu_sources(net: znni.Network, layers: int) -> list[str]:
-    """The GPU sources of a plan of ``net`` at its smallest patch (deduplicated): its first
-    ``layers`` layers with fragments, and as many from the last pool on with that pool
-    max-filtered (the dilated kernels)."""
+def gpu_sources(net: znni.Network) -> list[str]:
+    """Every GPU source of ``net``'s layers at its smallest patch (deduplicated), with
+    fragments and with the last pool max-filtered (the dilated kernels after it)."""
     sources: dict[str, None] = {}
     for max_filtered in (0, 1):
-        shapes_list = net.layer_shapes(net.fragmentation_with(max_filtered), 1, max_filtered)
-        first = next(j for j, s in enumerate(shapes_list)
-                     if max_filtered == 0 or getattr(s.layer, "max_filter", False))
-        for shapes in shapes_list[first:first + layers]:
+        for shapes in net.layer_shapes(net.fragmentation_with(max_filtered), 1, max_filtered):
             layer = shapes.layer
             if isinstance(layer, Conv):
                 sources[gpu_direct_source(layer, shapes.input)] = None
@@ -178,16 +169,53 @@ def one_translation_unit(sources: list[str]) -> str:
 
 @needs_nvcc
 def test_generated_cuda_compiles_warning_free(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every GPU source of the four benchmark nets (first layers) and a held-out net compiles
-    with nvcc --Werror all-warnings, in one nvcc run."""
+    """Every GPU source of the four benchmark nets and a held-out net compiles with nvcc
+    --Werror all-warnings, in one nvcc run."""
     from znni.codegen.nvcc import find_cufft
 
     if find_cufft() is None:
         pytest.skip("cuFFT headers not installed (pip install nvidia-cufft)")
     monkeypatch.delenv(EMULATE_ENV)
     nets = [znni.load(name) for name in ("n337", "n537", "n726", "n926")]
-    sources = [s for net in nets for s in gpu_sources(net, NVCC_LAYERS)]
-    sources += gpu_sources(znni.load(HELD_OUT), len(HELD_OUT["layers"]))
+    sources = [s for net in [*nets, znni.load(HELD_OUT)] for s in gpu_sources(net)]
     path = tmp_path / "all.cu"
     path.write_text(one_translation_unit(list(dict.fromkeys(sources))))
     NvccToolchain.from_config(with_cufft=True).check(path)  # CompileError on any warning
+
+
+@needs_nvcc
+def test_nvcc_cache_key_holds_version_arch_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A different -arch or flag set is a different binary, so a different cache entry; the
+    fingerprint holds nvcc's own version line."""
+    from znni.codegen.cache import cache_key
+
+    source = gpu_pool_source(Pool(1, (2, 2, 2)), (1, 1, 5, 5, 5))
+    keys = set()
+    for arch, flags in (("sm_90", "-O3"), ("sm_80", "-O3"), ("sm_90", "-O2")):
+        monkeypatch.setenv("ZNNI_CUDA_ARCH", arch)
+        monkeypatch.setenv("ZNNI_NVCCFLAGS", flags)
+        keys.add(cache_key(source, NvccToolchain.from_config()))
+    assert len(keys) == 3
+    monkeypatch.setenv("ZNNI_CUDA_ARCH", "sm_90; rm -rf /")
+    with pytest.raises(znni.ZnniError, match="not a CUDA architecture"):
+        NvccToolchain.from_config()
+
+
+@needs_nvcc
+def test_nvcc_builds_a_loadable_module_through_the_cache(tmp_path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real build (nvcc -shared, CUDA runtime linked) goes through the kernel cache (a
+    fresh one: one compile, then a hit) and loads with the usual ABI check; running it is for
+    a GPU machine."""
+    from znni.codegen import cache as kernel_cache
+
+    monkeypatch.delenv(EMULATE_ENV)
+    monkeypatch.setenv("ZNNI_CACHE_DIR", str(tmp_path))
+    source = gpu_pool_source(Pool(2, (1, 2, 2)), (1, 2, 3, 5, 7))
+    toolchain = NvccToolchain.from_config()
+    before = kernel_cache.compile_count
+    path = kernel_cache.build(source, toolchain, "nvcc build test")
+    assert path.is_relative_to(tmp_path) and kernel_cache.compile_count == before + 1
+    assert kernel_cache.build(source, toolchain, "nvcc build test") == path
+    assert kernel_cache.compile_count == before + 1
+    assert load_gpu_kernel(source, "nvcc build test").input_slack == 0
