@@ -126,6 +126,34 @@ def test_emulated_max_filter_equals_numpy(window, dilation, size) -> None:
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5])
+@pytest.mark.parametrize("kind", ["direct", "fft", "mpf", "max_filter"])
+def test_emulated_gpu_host_ram_chunks_equal_one_pass(kind: str, chunk: int) -> None:
+    """GPU + host RAM batch splits (two streams and buffer sets alternating, a last partial
+    chunk): the same output as the whole batch in one pass, bit for bit."""
+    x = random_volume((5, 2, 7, 6, 9), seed=8)
+    weights: tuple = ()
+    if kind in ("direct", "fft"):
+        net = net_from_layers([{"type": "conv", "kernel": [3, 2, 3], "out_channels": 3,
+                                "activation": "relu"}], input_channels=2, seed=9)
+        layer = net.layers[0]
+        assert isinstance(layer, Conv)
+        source = (gpu_direct_source if kind == "direct" else gpu_fft_source)(layer, x.shape)
+        weights = (pack_weights(*net.require_weights()[0], direct_block(layer))
+                   if kind == "direct" else net.require_weights()[0])
+        shape = (5, 3, 5, 5, 7)
+    else:
+        pool = Pool(2, (2, 1, 2), max_filter=kind == "max_filter", dilation=(1, 1, 2))
+        source = gpu_pool_source(pool, x.shape)
+        shape = (max_filter_output_shape if pool.max_filter else mpf_output_shape)(pool, x.shape)
+    module = load_gpu_kernel(source, f"{kind} chunk test")
+    whole, chunked = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+    module.forward(x, whole, 1, *weights)
+    module.gpu_host_forward(x, chunked, chunk, *weights)
+    assert not np.isnan(whole).any()
+    np.testing.assert_array_equal(chunked, whole)
+
+
 HELD_OUT = {"name": "held_out", "input_channels": 2, "layers": [
     {"type": "conv", "kernel": [2, 3, 5], "out_channels": 7, "activation": "tanh"},
     {"type": "pool", "window": [3, 1, 2]},
@@ -149,7 +177,7 @@ def gpu_sources(net: znni.Network) -> list[str]:
 
 
 _ENTRY_POINTS = ("znni_abi_version", "znni_input_slack", "znni_layer_forward",
-                 "znni_gpu_layer_forward")
+                 "znni_gpu_layer_forward", "znni_gpu_host_forward")
 
 
 def one_translation_unit(sources: list[str]) -> str:

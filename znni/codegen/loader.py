@@ -12,7 +12,7 @@ from typing import Any
 import cffi
 import numpy as np
 
-from ..errors import CompileError
+from ..errors import CompileError, ZnniError
 from . import cache as kernel_cache
 from .render import abi_cdef
 from .toolchain import GccToolchain
@@ -47,6 +47,26 @@ class KernelModule:
                 weights: np.ndarray | None = None, bias: np.ndarray | None = None,
                 batch: int | None = None) -> None:
         """``znni_layer_forward`` on C-contiguous float32 arrays (batch: ``x.shape[0]``)."""
+        rc = self._call(self.lib.znni_layer_forward, x, out, weights, bias,
+                        x.shape[0] if batch is None else batch, threads)
+        if rc != 0:  # pragma: no cover - no kernel has a failure path today
+            raise RuntimeError(f"kernel {self.path.name} returned {rc}")
+
+    def gpu_host_forward(self, x: np.ndarray, out: np.ndarray, chunk: int,
+                         weights: np.ndarray | None = None,
+                         bias: np.ndarray | None = None) -> None:
+        """A GPU module's ``znni_gpu_host_forward``: the layer on host arrays as GPU + host RAM
+        sub-layers of ``chunk`` input items (two streams, pinned buffers)."""
+        rc = self._call(self.lib.znni_gpu_host_forward, x, out, weights, bias, x.shape[0], chunk)
+        if rc != 0:
+            raise ZnniError(f"GPU kernel {self.path.name} failed with CUDA error {rc}",
+                            "2 is out of device memory: plan for a smaller GPU memory "
+                            "(a device description with less 'memory'); others: check the "
+                            "driver (nvidia-smi)")
+
+    @staticmethod
+    def _call(entry: Any, x: np.ndarray, out: np.ndarray, weights: np.ndarray | None,
+              bias: np.ndarray | None, batch: int, last: int) -> int:
         ffi = _ffi()
 
         def ptr(a: np.ndarray | None, ctype: str) -> Any:
@@ -56,11 +76,8 @@ class KernelModule:
                 raise ValueError("kernel arguments must be C-contiguous float32")
             return ffi.cast(ctype, ffi.from_buffer(a))
 
-        rc = self.lib.znni_layer_forward(ptr(x, "const float *"), ptr(out, "float *"),
-                                         ptr(weights, "const float *"), ptr(bias, "const float *"),
-                                         x.shape[0] if batch is None else batch, threads)
-        if rc != 0:  # pragma: no cover - no kernel has a failure path today
-            raise RuntimeError(f"kernel {self.path.name} returned {rc}")
+        return int(entry(ptr(x, "const float *"), ptr(out, "float *"),
+                         ptr(weights, "const float *"), ptr(bias, "const float *"), batch, last))
 
 
 def _open(path: Path) -> KernelModule:

@@ -3,8 +3,9 @@
 A plan with a ``gpu`` section runs its layers ≥ θ through the generated CUDA modules. Without a
 CUDA device that is a clear :class:`GpuUnavailableError`, never a silent CPU fallback;
 ``ZNNI_GPU_EMULATE=1`` runs the same kernels as C++ (cuda_emulation.h), which is how the tests
-check GPU plans end to end. Each tail layer runs in passes of its planned chunk through the
-module's synchronous host entry (``znni_layer_forward``: upload, launch, download).
+check GPU plans end to end. Each tail layer runs as GPU + host RAM batch splits of its planned
+chunk (``znni_gpu_host_forward``: two streams, pinned host memory, uploads and downloads
+overlapping compute); map-chunk splits run as batch splits of one item.
 """
 
 from __future__ import annotations
@@ -83,12 +84,7 @@ class GpuStep:
 
     def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
         out = padded_empty(output_shape(self.layer, x.shape), out_slack)  # type: ignore[arg-type]
-        per_in, per_out = x.shape[0], out.shape[0]
-        for s in range(0, per_in, self.chunk):
-            n = min(self.chunk, per_in - s)
-            o = s * per_out // per_in
-            self.module.forward(x[s:s + n], out[o:o + n * per_out // per_in], 1,
-                                self.weights[0], self.weights[1])
+        self.module.gpu_host_forward(x, out, self.chunk, *self.weights)
         return out
 
 

@@ -4,7 +4,7 @@
  * handful of CUDA names znni's generated GPU code uses: a launch runs every thread of every
  * block in turn (blocks spread over OpenMP threads; blockIdx/threadIdx are thread_local), so a
  * kernel without inter-thread synchronisation computes exactly what it computes on a GPU;
- * "device" memory is host memory, streams and events are no-ops and copies are memcpy. The
+ * "device" memory is host memory, streams and pinning are no-ops and copies are memcpy. The
  * point is correctness without a GPU: the normal test suite runs the generated kernels through
  * this header and compares them with the numpy reference.
  */
@@ -69,6 +69,23 @@ inline cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_
   std::memset(p, value, bytes);
   return cudaSuccess;
 }
+enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost };
+constexpr unsigned cudaHostRegisterDefault = 0;
+inline cudaError_t cudaMalloc(void **p, size_t bytes) { return cudaMallocAsync(p, bytes, nullptr); }
+inline cudaError_t cudaFree(void *p) { return cudaFreeAsync(p, nullptr); }
+inline cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind) {
+  std::memcpy(dst, src, bytes);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
+                                   cudaStream_t) {
+  return cudaMemcpy(dst, src, bytes, kind);
+}
+inline cudaError_t cudaHostRegister(void *, size_t, unsigned) { return cudaSuccess; }
+inline cudaError_t cudaHostUnregister(void *) { return cudaSuccess; }
+inline cudaError_t cudaStreamCreate(cudaStream_t *s) { *s = nullptr; return cudaSuccess; }
+inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 #endif
 
 /* Status of the launches so far on this thread: what an ABI entry returns (0 = success). */
@@ -77,33 +94,53 @@ inline int znni_launch_status() { return (int)cudaGetLastError(); }
 typedef int (*znni_gpu_forward_fn)(const float *, float *, const float *, const float *, int,
                                    void *);
 
-/* znni_layer_forward of a GPU module: the layer on host arrays (floats per argument given),
- * synchronously. Emulated, host memory is device memory; on a GPU the arguments go up and the
- * output comes down (the executor's pipeline does this with pinned buffers and streams). */
-inline int znni_run_on_host(znni_gpu_forward_fn forward, const float *input, long in_floats,
-                            float *output, long out_floats, const float *weights,
-                            long w_floats, const float *bias, long b_floats, int batch) {
-#ifdef __CUDACC__
-  float *d[4] = {nullptr, nullptr, nullptr, nullptr};
-  const float *h[4] = {input, output, weights, bias};
-  const long n[4] = {in_floats, out_floats, w_floats, b_floats};
+/* GPU + host RAM (DESIGN §6): `batch` items of a host input through a module's device entry in
+ * sub-layers of `chunk` items (a batch split: each input up once, each output down once; items
+ * are whole samples or fragments, `in_item`/`out_item` floats each). Two streams and two buffer
+ * sets alternate, so chunk c+1's upload and chunk c-1's download overlap chunk c's compute; the
+ * host arrays are pinned for the call (page-locked: asynchronous DMA; if pinning is refused the
+ * copies are merely pageable). Weights go up once. Emulated, the same code runs on host memory
+ * with memcpy copies, which checks the chunking. Returns 0 or the first CUDA error. */
+inline int znni_run_on_host(znni_gpu_forward_fn forward, const float *input, long in_item,
+                            float *output, long out_item, const float *weights, long w_floats,
+                            const float *bias, long b_floats, int batch, int chunk) {
+  if (chunk <= 0 || chunk > batch) chunk = batch;
+  const int sets = batch > chunk ? 2 : 1;
+  const long floats[6] = {w_floats, b_floats, chunk * in_item, chunk * out_item,
+                          chunk * in_item, chunk * out_item};  // weights, bias, in/out per set
+  float *dev[6] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  cudaStream_t streams[2] = {nullptr, nullptr};
   int rc = 0;
-  for (int i = 0; i < 4 && rc == 0; ++i) {
-    if (h[i] == nullptr || n[i] == 0) continue;
-    rc = (int)cudaMalloc((void **)&d[i], n[i] * sizeof(float));
-    if (rc == 0 && i != 1)
-      rc = (int)cudaMemcpy(d[i], h[i], n[i] * sizeof(float), cudaMemcpyHostToDevice);
+  auto check = [&rc](cudaError_t e) { if (rc == 0) rc = (int)e; };
+  for (int i = 0; i < 2 + 2 * sets; ++i)
+    if (floats[i] > 0) check(cudaMalloc((void **)&dev[i], floats[i] * sizeof(float)));
+  if (rc == 0 && weights != nullptr && w_floats > 0)
+    check(cudaMemcpy(dev[0], weights, w_floats * sizeof(float), cudaMemcpyHostToDevice));
+  if (rc == 0 && bias != nullptr && b_floats > 0)
+    check(cudaMemcpy(dev[1], bias, b_floats * sizeof(float), cudaMemcpyHostToDevice));
+  const size_t in_bytes = (size_t)batch * in_item * sizeof(float);
+  const size_t out_bytes = (size_t)batch * out_item * sizeof(float);
+  const bool pinned_in =
+      cudaHostRegister((void *)input, in_bytes, cudaHostRegisterDefault) == cudaSuccess;
+  const bool pinned_out = cudaHostRegister(output, out_bytes, cudaHostRegisterDefault) == cudaSuccess;
+  (void)cudaGetLastError();  // a refused pinning is not an error of this layer
+  for (int i = 0; i < sets; ++i) check(cudaStreamCreate(&streams[i]));
+  for (int first = 0, c = 0; rc == 0 && first < batch; first += chunk, ++c) {
+    const int n = batch - first < chunk ? batch - first : chunk, set = c % sets;
+    float *in = dev[2 + 2 * set], *out = dev[3 + 2 * set];
+    check(cudaMemcpyAsync(in, input + first * in_item, n * in_item * sizeof(float),
+                          cudaMemcpyHostToDevice, streams[set]));
+    if (rc == 0) rc = forward(in, out, dev[0], dev[1], n, streams[set]);
+    check(cudaMemcpyAsync(output + first * out_item, out, n * out_item * sizeof(float),
+                          cudaMemcpyDeviceToHost, streams[set]));
   }
-  if (rc == 0) rc = forward(d[0], d[1], d[2], d[3], batch, nullptr);
-  if (rc == 0) rc = (int)cudaDeviceSynchronize();
-  if (rc == 0)
-    rc = (int)cudaMemcpy(output, d[1], out_floats * sizeof(float), cudaMemcpyDeviceToHost);
-  for (float *p : d) cudaFree(p);
+  check(cudaDeviceSynchronize());  // also after an error: nothing may be in flight below
+  for (cudaStream_t s : streams)
+    if (s != nullptr) cudaStreamDestroy(s);
+  if (pinned_in) cudaHostUnregister((void *)input);
+  if (pinned_out) cudaHostUnregister(output);
+  for (float *d : dev) cudaFree(d);
   return rc;
-#else
-  (void)in_floats, (void)out_floats, (void)w_floats, (void)b_floats;
-  return forward(input, output, weights, bias, batch, nullptr);
-#endif
 }
 
 #endif

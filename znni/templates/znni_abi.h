@@ -25,6 +25,11 @@ int znni_layer_forward(const float *input, float *output, const float *weights,
  * code (0: launched). Built as C++ with cuda_emulation.h, device memory is host memory. */
 int znni_gpu_layer_forward(const float *input, float *output, const float *weights,
                            const float *bias, int batch, void *stream);
+/* GPU modules only: the layer on host arrays as GPU + host RAM sub-layers of `chunk` items
+ * (two streams, pinned host memory; cuda_emulation.h); znni_layer_forward is this with
+ * chunk = batch. Returns a CUDA error code (0: done, output written). */
+int znni_gpu_host_forward(const float *input, float *output, const float *weights,
+                          const float *bias, int batch, int chunk);
 /* cdef-end */
 #ifdef __cplusplus
 }
