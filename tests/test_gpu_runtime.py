@@ -70,3 +70,18 @@ def test_gpu_plan_on_a_real_gpu_equals_reference(monkeypatch: pytest.MonkeyPatch
     p = _gpu_plan(net, 1, ["gpu-fft", "gpu-direct"], 8)
     volume = random_volume((2, *(n + 12 for n in net.fov)), seed=13)
     assert relative_error(znni.infer(net, volume, plan=p), forward(net, volume)) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["tiny", "aniso2d3d"])
+def test_emulated_planner_made_h100_plans_equal_reference(name: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner's own CPU–GPU plan (θ, chunks and GPU ways as planned, not edited) runs
+    through the emulated GPU tail and equals the reference over several patches."""
+    monkeypatch.setenv(EMULATE_ENV, "1")
+    net = znni.load(name).random_weights(1)
+    frag = net.fragmentation
+    p = plan(net, GIB, device="h100", extent=frag)
+    assert p.gpu is not None and p.gpu.layers
+    volume = random_volume((net.input_channels, *(net.fov[a] + frag[a] + 1 for a in range(3))),
+                           seed=3)
+    assert relative_error(znni.infer(net, volume, plan=p), forward(net, volume)) < 1e-4
