@@ -20,6 +20,7 @@ from znni.reference import _dilated_correlation, _dilated_max_filter, forward
 from znni.spec import Conv, Pool
 
 from .conftest import net_from_layers, random_volume, relative_error
+from .test_primitives import mpf_numpy
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 
@@ -62,23 +63,6 @@ def test_emulated_conv_equals_reference(primitive, kernel, f_in, f_out, size, ac
         assert relative_error(out[s], forward(net, x[s])) < 1e-4
 
 
-def _fragments(x: np.ndarray, window: tuple[int, int, int]) -> np.ndarray:
-    """MPF by its definition (DESIGN §4), slicing per offset: an oracle independent of both
-    kernels' index arithmetic."""
-    s, c, *n = x.shape
-    m = [(n[a] + 1) // window[a] - 1 for a in range(3)]
-    out = []
-    for sample in range(s):
-        for oz in range(window[0]):
-            for oy in range(window[1]):
-                for ox in range(window[2]):
-                    v = x[sample, :, oz:oz + m[0] * window[0], oy:oy + m[1] * window[1],
-                          ox:ox + m[2] * window[2]]
-                    v = v.reshape(c, m[0], window[0], m[1], window[1], m[2], window[2])
-                    out.append(v.max(axis=(2, 4, 6)))
-    return np.stack(out)
-
-
 @pytest.mark.parametrize(("window", "size", "channels", "batch"), [
     ((2, 2, 2), (7, 9, 5), 3, 1), ((2, 2, 1), (5, 7, 6), 2, 2), ((3, 1, 2), (8, 4, 7), 1, 2),
     ((1, 1, 1), (3, 3, 3), 2, 1)])
@@ -88,7 +72,7 @@ def test_emulated_mpf_equals_fragments_by_definition(window, size, channels, bat
     module = load_gpu_kernel(gpu_pool_source(layer, x.shape), "mpf test")
     out = np.full(mpf_output_shape(layer, x.shape), np.nan, np.float32)  # type: ignore[arg-type]
     module.forward(x, out, 1)
-    np.testing.assert_array_equal(out, _fragments(x, window))
+    np.testing.assert_array_equal(out, mpf_numpy(x, window))
 
 
 @pytest.mark.parametrize(("kernel", "dilation", "size", "activation"), [
