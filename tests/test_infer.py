@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,6 +14,7 @@ import znni
 from znni.errors import ShapeError
 from znni.planner.plan import make_plan
 from znni.primitives import in_place
+from znni.primitives.base import release_tail
 from znni.reference import forward
 
 from .conftest import net_from_layers, random_volume, relative_error
@@ -194,6 +198,25 @@ def test_in_place_layers_equal_the_oracle(primitive: str) -> None:
         vol = random_volume((2, fov[0] + 9, fov[1] + 13, fov[2] + 6), seed=22)
         out = znni.infer(net, vol, plan=plan)
         assert relative_error(out, forward(net, vol)) < TOL
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * mmap.PAGESIZE
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RSS from /proc (Linux)")
+def test_an_in_place_chain_gives_back_the_pages_past_its_output() -> None:
+    """A chain keeps its first input's buffer: pages past each (smaller) output go back to
+    the OS, and the kept floats are untouched."""
+    buffer = np.empty(32 << 20, np.float32)  # 128 MiB, every page written
+    buffer[:] = np.arange(buffer.size, dtype=np.float32)
+    before = _rss()
+    keep = 5_000_003  # not on a page boundary: that page, and the buffer's last, stay
+    release_tail(buffer, keep)
+    assert before - _rss() > 0.9 * (buffer.nbytes - 4 * keep)
+    assert np.array_equal(buffer[:keep], np.arange(keep, dtype=np.float32))
+    assert not buffer[keep + 1024:-1024].any()  # whole released pages read back as zeros
 
 
 def test_in_place_is_refused_where_it_cannot_work() -> None:

@@ -3,7 +3,7 @@
 Both run the same network and weights on the same synthetic EM-like volume. Runs alternate —
 znni, then each PyTorch configuration, repeated — so machine noise hits both alike; medians are
 reported. PyTorch runs each requested output patch size in both dense forms (max filter +
-dilated convs, and MPF); its peak memory is sampled, and its fastest configuration within the
+dilated convs, and MPF); its peak memory is measured, and its fastest configuration within the
 budget is the baseline. Throughput is dense output voxels per second of one patch (batch).
 """
 
@@ -35,15 +35,37 @@ class Measurement:
     output_patch: Vec3
     voxels_per_second: float   # median over repetitions
     seconds: tuple[float, ...]
-    peak_bytes: int            # peak RSS growth while it ran (sampled)
+    peak_bytes: int            # peak RSS growth while it ran (see rss_peak)
+
+
+def _read_hwm() -> int:
+    """Linux's exact peak RSS of this process (VmHWM) in bytes."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def _reset_hwm() -> int | None:
+    """Reset VmHWM to the current RSS and return it; None where there is no such counter."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _read_hwm()
+    except (OSError, StopIteration, ValueError):
+        return None
 
 
 @contextmanager
 def rss_peak() -> Iterator[Callable[[], int]]:
-    """Sample this process's RSS every 5 ms; yields a getter of the peak growth in bytes."""
+    """Yields a getter of this process's peak RSS growth in bytes within the block: exact
+    where Linux keeps a resettable peak (VmHWM), else sampled every 5 ms — a sampler misses
+    short peaks (an FFT layer's buffers can live for milliseconds)."""
+    base = _reset_hwm()
+    if base is not None:
+        yield lambda: _read_hwm() - base
+        return
     proc = psutil.Process()
-    base = proc.memory_info().rss
-    peak = [base]
+    start = proc.memory_info().rss
+    peak = [start]
     stop = threading.Event()
 
     def sample() -> None:
@@ -53,14 +75,14 @@ def rss_peak() -> Iterator[Callable[[], int]]:
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     try:
-        yield lambda: peak[0] - base
+        yield lambda: peak[0] - start
     finally:
         stop.set()
         thread.join()
 
 
 class _Runner:
-    """One configuration: ``run()`` times one dense forward; the sampled peak is kept."""
+    """One configuration: ``run()`` times one dense forward; the peak RSS growth is kept."""
 
     def __init__(self, label: str, patch: Vec3, voxels: int, fn: Callable[[], object]) -> None:
         self.label, self.patch, self.voxels, self.fn = label, patch, voxels, fn

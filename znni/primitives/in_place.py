@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..spec import Conv, Layer, Pool, Shape5
-from .base import Memory, Primitive, Step, tensor_bytes
+from .base import Memory, Primitive, Step, release_tail, tensor_bytes
 from .direct import conv_output_shape
 from .mpf import mpf_output_shape
 
@@ -152,6 +152,7 @@ class InPlaceStep:
             buffer[u0 * per_unit:u0 * per_unit + part.size] = part.reshape(-1)
             del part
         out = buffer[:total]
+        release_tail(buffer, total + out_slack)
         if pool:
             p = math.prod(self.layer.window)  # type: ignore[union-attr]
             s, c = x.shape[:2]
