@@ -10,6 +10,7 @@ import pytest
 
 import znni
 from znni.codegen.nvcc import NvccToolchain
+from znni.codegen.render import render
 from znni.primitives.direct import pack_weights
 from znni.primitives.gpu_fft import gpu_fft_source
 from znni.primitives.gpu_kernels import (EMULATE_ENV, direct_block, gpu_direct_source,
@@ -161,15 +162,19 @@ def gpu_sources(net: znni.Network) -> list[str]:
 
 
 _ENTRY_POINTS = ("znni_abi_version", "znni_input_slack", "znni_layer_forward",
-                 "znni_gpu_layer_forward", "znni_gpu_host_forward")
+                 "znni_gpu_layer_forward", "znni_gpu_host_forward",
+                 "znni_gpu_conv_chunk_forward")
 
 
 def one_translation_unit(sources: list[str]) -> str:
     """All ``sources`` as one .cu file, so one nvcc run checks them all: the shared headers come
-    first (include guards keep them out of the rest), each source sits in its own namespace
-    and its extern "C" entry points are renamed apart by macros."""
-    parts = ['#include "znni_abi.h"\n#include "cuda_emulation.h"\n#include "cufft_emulation.h"\n'
-             "#include <cmath>\n"]
+    first (include guards keep them out of the rest; cuFFT's only if a source uses it), each
+    source sits in its own namespace and its extern "C" entry points are renamed apart by
+    macros."""
+    headers = ["znni_abi.h", "cuda_emulation.h", "znni_gpu_abi.h"]
+    if any("cufft_emulation.h" in s for s in sources):
+        headers.append("cufft_emulation.h")
+    parts = ["".join(f'#include "{h}"\n' for h in headers) + "#include <cmath>\n"]
     for j, source in enumerate(sources):
         body = "\n".join(line for line in source.splitlines()
                          if not line.startswith("#include"))
@@ -180,19 +185,25 @@ def one_translation_unit(sources: list[str]) -> str:
 
 
 @needs_nvcc
-def test_generated_cuda_compiles_warning_free(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every GPU source of the four benchmark nets and a held-out net compiles with nvcc
-    --Werror all-warnings, in one nvcc run."""
+@pytest.mark.parametrize("with_cufft", [True, False])
+def test_generated_cuda_compiles_warning_free(with_cufft: bool, tmp_path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every GPU source of the four benchmark nets and a held-out net, and the GPU runtime
+    module, compiles with nvcc --Werror all-warnings, in one nvcc run; without cuFFT's headers
+    (not every CUDA toolkit has them) all but the FFT layers."""
     from znni.codegen.nvcc import find_cufft
 
-    if find_cufft() is None:
+    if with_cufft and find_cufft() is None:
         pytest.skip("cuFFT headers not installed (pip install nvidia-cufft)")
     monkeypatch.delenv(EMULATE_ENV)
     nets = [znni.load(name) for name in ("n337", "n537", "n726", "n926")]
-    sources = [s for net in [*nets, znni.load(HELD_OUT)] for s in gpu_sources(net)]
+    sources = [render("gpu_runtime.cu.j2", {}),
+               *(s for net in [*nets, znni.load(HELD_OUT)] for s in gpu_sources(net))]
+    if not with_cufft:
+        sources = [s for s in sources if "cufft_emulation.h" not in s]
     path = tmp_path / "all.cu"
     path.write_text(one_translation_unit(list(dict.fromkeys(sources))))
-    NvccToolchain.from_config(with_cufft=True).check(path)  # CompileError on any warning
+    NvccToolchain.from_config(with_cufft=with_cufft).check(path)  # CompileError on a warning
 
 
 @needs_nvcc

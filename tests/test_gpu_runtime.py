@@ -24,18 +24,20 @@ NET = [{"type": "conv", "kernel": [3, 3, 1], "out_channels": 3, "activation": "r
        {"type": "conv", "kernel": [2, 1, 2], "out_channels": 2, "activation": "sigmoid"}]
 
 
-def _gpu_plan(net: znni.Network, theta: int, ways: list[str], sub_batch: int) -> znni.Plan:
-    """The planner's plan of ``net`` with its GPU section replaced: layers ≥ theta on the GPU
-    by ``ways`` (conv layers; pools take MPF), ``sub_batch`` items of each layer per pass."""
+def gpu_plan(net: znni.Network, theta: int, ways: list[str], sub_batch: int,
+             mode: str = "resident", batch: int | None = None) -> znni.Plan:
+    """The planner's plan of ``net`` (its patch; its batch unless given) with its GPU section
+    replaced: layers ≥ theta on the GPU by ``ways`` (conv layers; pools take MPF, as GPU + host
+    RAM in host mode), ``sub_batch`` items of each layer per pass (host mode: per chunk)."""
     p = plan(net, GIB, device="h100", extent=(4, 8, 8))
+    cpu = znni.make_plan(net, p.output_patch, batch or p.batch, "direct")
     convs = iter(ways)
-    layers = tuple(GpuLayerPlan(lp.index, "gpu-mpf" if lp.kind == "pool" else next(convs),
+    pool = "gpu-mpf" if mode == "resident" else "gpu-host-mpf"
+    layers = tuple(GpuLayerPlan(lp.index, pool if lp.kind == "pool" else next(convs),
                                 (min(sub_batch, lp.input_shape[0]), *lp.input_shape[1:]),
                                 lp.output_shape[1], 1, 0.1)
-                   for lp in p.layers[theta:])
-    cpu = znni.make_plan(net, p.output_patch, p.batch, "direct")
-    return replace(cpu, gpu=GpuPlan(theta, sub_batch, "resident", "test", 1, 1, 0.1, 0.1,
-                                    layers))
+                   for lp in cpu.layers[theta:])
+    return replace(cpu, gpu=GpuPlan(theta, sub_batch, mode, "test", 1, 1, 0.1, 0.1, layers))
 
 
 @pytest.mark.parametrize(("theta", "ways", "sub_batch"), [
@@ -47,7 +49,7 @@ def test_emulated_gpu_plan_equals_reference(theta, ways, sub_batch,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(EMULATE_ENV, "1")
     net = net_from_layers(NET, input_channels=2, seed=11)
-    p = _gpu_plan(net, theta, ways, sub_batch)
+    p = gpu_plan(net, theta, ways, sub_batch)
     fov = net.fov
     volume = random_volume((2, fov[0] + 6, fov[1] + 13, fov[2] + 9), seed=12)
     assert relative_error(znni.infer(net, volume, plan=p), forward(net, volume)) < 1e-4
@@ -57,7 +59,7 @@ def test_emulated_gpu_plan_equals_reference(theta, ways, sub_batch,
 def test_gpu_plan_without_a_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(EMULATE_ENV, raising=False)
     net = net_from_layers(NET, input_channels=2, seed=11)
-    p = _gpu_plan(net, 1, ["gpu-direct", "gpu-direct"], 4)
+    p = gpu_plan(net, 1, ["gpu-direct", "gpu-direct"], 4)
     with pytest.raises(GpuUnavailableError, match="no CUDA device") as info:
         znni.infer(net, random_volume((2, *(n + 8 for n in net.fov))), plan=p)
     assert "re-plan" in info.value.hint
@@ -67,7 +69,7 @@ def test_gpu_plan_without_a_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
 def test_gpu_plan_on_a_real_gpu_equals_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(EMULATE_ENV, raising=False)
     net = net_from_layers(NET, input_channels=2, seed=11)
-    p = _gpu_plan(net, 1, ["gpu-fft", "gpu-direct"], 8)
+    p = gpu_plan(net, 1, ["gpu-fft", "gpu-direct"], 8)
     volume = random_volume((2, *(n + 12 for n in net.fov)), seed=13)
     assert relative_error(znni.infer(net, volume, plan=p), forward(net, volume)) < 1e-4
 

@@ -59,10 +59,7 @@ class KernelModule:
         sub-layers of ``chunk`` input items (two streams, pinned buffers)."""
         rc = self._call(self.lib.znni_gpu_host_forward, x, out, weights, bias, x.shape[0], chunk)
         if rc != 0:
-            raise ZnniError(f"GPU kernel {self.path.name} failed with CUDA error {rc}",
-                            "2 is out of device memory: plan for a smaller GPU memory "
-                            "(a device description with less 'memory'); others: check the "
-                            "driver (nvidia-smi)")
+            raise cuda_error(f"GPU kernel {self.path.name}", rc)
 
     @staticmethod
     def _call(entry: Any, x: np.ndarray, out: np.ndarray, weights: np.ndarray | None,
@@ -78,6 +75,13 @@ class KernelModule:
 
         return int(entry(ptr(x, "const float *"), ptr(out, "float *"),
                          ptr(weights, "const float *"), ptr(bias, "const float *"), batch, last))
+
+
+def cuda_error(what: str, rc: int) -> ZnniError:
+    """The error for CUDA error code ``rc`` returned by ``what``, with what to do about it."""
+    return ZnniError(f"{what} failed with CUDA error {rc}",
+                     "2 is out of device memory: plan for a smaller GPU memory (a device "
+                     "description with less 'memory'); others: check the driver (nvidia-smi)")
 
 
 def _open(path: Path) -> KernelModule:

@@ -5,15 +5,20 @@ For each output patch and batch, and each cut θ (layers < θ on the CPU, the re
 CPU search's own options and cost model), and the tail is costed two ways:
 
 - *resident*: ``sub_batch`` of the tail's input items per pass, tensors kept on the card; per
-  layer the fastest resident GPU primitive whose working memory fits next to all tail weights
-  and the double-buffered pass input and output (exact, as in the CPU search: the rest is
-  choice-independent). Passes overlap their upload, compute and download (two streams).
+  layer the fastest resident GPU primitive whose scratch fits next to what the runtime
+  allocates for the whole tail (runtime/gpu.py's ResidentTail: all tail weights, the
+  double-buffered pass input and output, and the two buffers the intermediate tensors
+  alternate in; exact, as in the CPU search: the rest is choice-independent). Passes overlap
+  their upload, compute and download (two streams).
 - *host* (GPU + host RAM): each tail layer streamed from host RAM in the fastest split that
   fits (batch splits first, then map chunks).
 
-The pipeline runs head and tail on consecutive patches (a queue of two), so its time per patch
-is max(head, tail). Ties go to less GPU memory, so a smaller card never gets a plan that uses
-more of it. Host RAM: the head's peak, the queued patch's tensor at θ, and the tail's staging.
+The pipeline runs head and tail on consecutive patches (a queue of two: runtime/pipeline.py),
+so its time per patch is max(head, tail). Ties go to less GPU memory, so a smaller card never
+gets a plan that uses more of it. Host RAM, as run: the input batch and the dense output
+(held), the head's peak (patch k+1), the queued patch's tensor at θ (patch k, the tail's
+input, pinned in place: no staging copy) and the tail's own host tensors — resident: its
+output before recombination; host: the largest layer input + output after its first input.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from dataclasses import dataclass, replace
 
 from ..errors import PlanError
 from ..primitives.base import tensor_bytes
-from ..primitives.gpu import HOST_RAM, RESIDENT, output_shape, weight_bytes
-from ..spec import LayerShapes, Network, Shape5, Vec3
+from ..primitives.gpu import (HOST_RAM, RESIDENT, intermediate_buffers, output_shape,
+                              scaled_shape, weight_bytes)
+from ..spec import LayerShapes, Network, Vec3
 from .device import Device
 from .gpu_device import GpuSpec
 from .gpu_plan import GpuLayerPlan, GpuPlan
@@ -40,40 +46,45 @@ class _Tail:
     mode: str
     sub_batch: int
     device_bytes: int
+    host_bytes: int  # the tail's own host tensors beyond its input (see the module docstring)
     seconds: float
     layers: tuple[GpuLayerPlan, ...]
-
-
-def _scaled(shape: Shape5, items: int, total: int) -> Shape5:
-    """``shape`` (of the whole batch) for ``items`` of the tail's ``total`` input items: MPF
-    multiplies the batch, so every later batch scales by the same factor."""
-    return (shape[0] * items // total, *shape[1:])  # type: ignore[return-value]
 
 
 def _resident_tail(tail: list[LayerShapes], sub: int, gpu: GpuSpec) -> _Tail | None:
     total = tail[0].input[0]
     passes = -(-total // sub)
-    first, last = _scaled(tail[0].input, sub, total), _scaled(tail[-1].output, sub, total)
-    fixed = sum(weight_bytes(s.layer) for s in tail) + 2 * (tensor_bytes(first)
-                                                             + tensor_bytes(last))
+    inputs = [scaled_shape(s.input, sub, total) for s in tail]
+    outputs = [scaled_shape(s.output, sub, total) for s in tail]
+    first, last = tensor_bytes(inputs[0]), tensor_bytes(outputs[-1])
+    fixed = (sum(weight_bytes(s.layer) for s in tail) + 2 * (first + last)
+             + sum(intermediate_buffers(outputs[:-1])))
     room = gpu.memory_bytes - fixed
     chosen, compute, peak = [], 0.0, 0
-    for shapes in tail:
-        shape = _scaled(shapes.input, sub, total)
-        ways = [(p.seconds(shapes.layer, shape, gpu), p.working_bytes(shapes.layer, shape), p)
+    for shapes, shape in zip(tail, inputs):
+        ways = [(p.seconds(shapes.layer, shape, gpu), p.scratch_bytes(shapes.layer, shape), p)
                 for p in RESIDENT.values() if p.supports(shapes.layer)]
         fitting = [w for w in ways if w[1] <= room]
         if not fitting:
             return None
-        seconds, working, primitive = min(fitting, key=lambda w: (w[0], w[1]))
+        seconds, scratch, primitive = min(fitting, key=lambda w: (w[0], w[1]))
         out_maps = output_shape(shapes.layer, shape)[1]
         chosen.append(GpuLayerPlan(shapes.index, primitive.name, shape, out_maps,
-                                   working + weight_bytes(shapes.layer), seconds * passes))
+                                   primitive.working_bytes(shapes.layer, shape)
+                                   + weight_bytes(shapes.layer), seconds * passes))
         compute += seconds
-        peak = max(peak, working)
-    up, down = (tensor_bytes(first) / gpu.link_bandwidth, tensor_bytes(last) / gpu.link_bandwidth)
+        peak = max(peak, scratch)
+    up, down = first / gpu.link_bandwidth, last / gpu.link_bandwidth
     seconds = passes * max(compute, up, down) + up + down
-    return _Tail("resident", sub, fixed + peak, seconds, tuple(chosen))
+    return _Tail("resident", sub, fixed + peak, tensor_bytes(tail[-1].output), seconds,
+                 tuple(chosen))
+
+
+def _host_tensors(tail: list[LayerShapes]) -> int:
+    """Host bytes of a host-mode tail beyond its input: each layer's output, and its input
+    after the first (each layer frees its input when it ends)."""
+    return max(tensor_bytes(s.output) + (tensor_bytes(s.input) if i else 0)
+               for i, s in enumerate(tail))
 
 
 def _host_tail(tail: list[LayerShapes], gpu: GpuSpec) -> _Tail | None:
@@ -95,7 +106,7 @@ def _host_tail(tail: list[LayerShapes], gpu: GpuSpec) -> _Tail | None:
         chosen.append(GpuLayerPlan(shapes.index, p.name, chunk, split.out_maps, need, t))  # type: ignore[arg-type]
         seconds += t
         peak = max(peak, need)
-    return _Tail("host", tail[0].input[0], peak, seconds, tuple(chosen))
+    return _Tail("host", tail[0].input[0], peak, _host_tensors(tail), seconds, tuple(chosen))
 
 
 def _tails(tail: list[LayerShapes], gpu: GpuSpec) -> Iterator[_Tail]:
@@ -126,7 +137,7 @@ def _candidates(net: Network, patch: Vec3, batch: int, budget: int, device: Devi
                 for s, c in [costs.seconds(lp, ls.layer)]] for ls in shapes]
     held = held_bytes([options[0][0], options[-1][0]])
     for theta in range(len(shapes)):
-        queued = tensor_bytes(shapes[theta].input) if theta else 0  # the next patch's head output
+        queued = tensor_bytes(shapes[theta].input) if theta else 0  # the tail's patch at θ
         resident = sum(max(o.resident_bytes for o in layer) for layer in options[:theta])
         room = budget - held - queued - resident
         head = _head(options, theta, room)
@@ -135,8 +146,7 @@ def _candidates(net: Network, patch: Vec3, batch: int, budget: int, device: Devi
         head_peak = resident + max((o.working_bytes for o in head), default=0)
         cpu_seconds = sum(o.seconds or 0.0 for o in head)
         for tail in _tails(shapes[theta:], device.gpu):
-            staging = 0 if tail.mode == "host" else 2 * tensor_bytes(tail.layers[0].chunk_shape)
-            host = held + queued + head_peak + staging
+            host = held + queued + head_peak + tail.host_bytes
             if host > budget:
                 continue
             primitives = {lp.index: lp.primitive for lp in head}

@@ -4,7 +4,9 @@ Plain frozen data that round-trips through the plan's canonical JSON. Layers ``<
 the CPU as the plan's ordinary layers say; layers ``≥ theta`` run on the GPU as listed here.
 ``mode`` "resident": the tail runs ``sub_batch`` items at a time with its tensors on the card,
 uploads and downloads overlapping compute (two streams); "host": every tail layer is a GPU +
-host RAM sub-layer loop. The pipeline's time per patch is the slower of the two halves.
+host RAM sub-layer loop — a batch split where ``chunk_shape`` has all input maps and
+``out_maps`` all output maps, else map chunks of that many input and output maps (pools:
+``chunk_shape``'s maps). The pipeline's time per patch is the slower of the two halves.
 """
 
 from __future__ import annotations

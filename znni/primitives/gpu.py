@@ -7,6 +7,7 @@ batch splits first (each input up once, each output down once), then chunks of o
 (each chunk re-reads the sample's input) and of input maps (accumulated on the device) — with
 two streams and pinned buffers, so uploads, compute and downloads overlap: a split runs in
 max(compute, upload, download) plus one chunk's upload and download to fill and drain the pipe.
+Map chunks carry their own weights (uploaded with each chunk, one buffer per stream).
 """
 
 from __future__ import annotations
@@ -30,6 +31,21 @@ def output_shape(layer: Layer, shape_in: Shape5) -> Shape5:
             else mpf_output_shape(layer, shape_in))
 
 
+def scaled_shape(shape: Shape5, items: int, total: int) -> Shape5:
+    """``shape`` (a tail layer's, for the whole batch of ``total`` tail-input items) for
+    ``items`` of them: MPF multiplies the batch, so every later batch scales by the same
+    factor (and a pass's items stay contiguous: fragment ``s·P + o`` of item ``s``)."""
+    return (shape[0] * items // total, *shape[1:])  # type: ignore[return-value]
+
+
+def intermediate_buffers(outputs: list[Shape5]) -> tuple[int, int]:
+    """Bytes of the two device buffers a resident pass's intermediate tensors alternate in
+    (layer l writes buffer l % 2; the last layer writes the pass's output buffer instead):
+    ``outputs`` are the pass's layer output shapes, the last one excluded."""
+    return (max((tensor_bytes(s) for s in outputs[0::2]), default=0),
+            max((tensor_bytes(s) for s in outputs[1::2]), default=0))
+
+
 def weight_bytes(layer: Layer) -> int:
     if not isinstance(layer, Conv):
         return 0
@@ -50,13 +66,17 @@ class ResidentGpu:
     def supports(self, layer: Layer) -> bool:
         return _undilated(layer) and isinstance(layer, Pool) == (self.method == "mpf")
 
+    def scratch_bytes(self, layer: Layer, shape_in: Shape5) -> int:
+        """Device bytes it allocates itself while it runs: (FFT) its spectra and scratch."""
+        if self.method != "fft":
+            return 0
+        assert isinstance(layer, Conv)
+        return gpu_fft_scratch_bytes(layer, shape_in)
+
     def working_bytes(self, layer: Layer, shape_in: Shape5) -> int:
-        """Device bytes while it runs: input, output and (FFT) its spectra and scratch."""
-        io = tensor_bytes(shape_in) + tensor_bytes(output_shape(layer, shape_in))
-        if self.method == "fft":
-            assert isinstance(layer, Conv)
-            io += gpu_fft_scratch_bytes(layer, shape_in)
-        return io
+        """Device bytes while it runs: input, output and its scratch."""
+        return (tensor_bytes(shape_in) + tensor_bytes(output_shape(layer, shape_in))
+                + self.scratch_bytes(layer, shape_in))
 
     def seconds(self, layer: Layer, shape_in: Shape5, gpu: GpuSpec) -> float:
         """Compute or device-memory traffic, whichever is slower, plus the launches."""
@@ -82,6 +102,12 @@ class Split:
     samples: int
     out_maps: int
     in_maps: int
+
+    def maps_split(self, layer: Layer) -> bool:
+        """Whether this splits maps (each chunk with its own weights), not only the batch."""
+        maps = ((layer.out_channels, layer.in_channels) if isinstance(layer, Conv)
+                else (layer.channels, layer.channels))
+        return (self.out_maps, self.in_maps) != maps
 
 
 def _halvings(n: int) -> list[int]:
@@ -120,9 +146,12 @@ class HostRamGpu:
         return Pool(split.in_maps, layer.window), shape  # type: ignore[return-value]
 
     def device_bytes(self, layer: Layer, shape_in: Shape5, split: Split) -> int:
-        """Two chunks in flight (double buffering) and the chunk's weights."""
+        """Two chunks in flight (double buffering) and the weights: the layer's once for a
+        batch split, a chunk's per buffer set for a map split."""
         chunk_layer, chunk_shape = self._chunk(layer, shape_in, split)
-        return 2 * self.inner.working_bytes(chunk_layer, chunk_shape) + weight_bytes(chunk_layer)
+        weight_sets = 2 if split.maps_split(layer) else 1
+        return (2 * self.inner.working_bytes(chunk_layer, chunk_shape)
+                + weight_sets * weight_bytes(chunk_layer))
 
     def seconds(self, layer: Layer, shape_in: Shape5, split: Split, gpu: GpuSpec) -> float:
         s, f = shape_in[:2]
@@ -132,6 +161,8 @@ class HostRamGpu:
         compute = chunks * self.inner.seconds(chunk_layer, chunk_shape, gpu)
         out_chunk = tensor_bytes(output_shape(chunk_layer, chunk_shape))
         up = -(-fo // split.out_maps) * tensor_bytes(shape_in)  # input re-read per output chunk
+        if split.maps_split(layer):
+            up += chunks * weight_bytes(chunk_layer)
         down = tensor_bytes(output_shape(layer, shape_in))
         fill = (tensor_bytes(chunk_shape) + out_chunk) / gpu.link_bandwidth
         return (max(compute, up / gpu.link_bandwidth, down / gpu.link_bandwidth) + fill

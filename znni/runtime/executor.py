@@ -50,6 +50,7 @@ class CompiledPlan:
             gpu_layers = gpu_steps(plan, layers, dict(weights))
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             self.steps: list[Step] = [*pool.map(prepare, cpu_layers), *gpu_layers]
+        self.head_steps = len(cpu_layers)  # the CPU head: all steps of a CPU-only plan
         log.info("prepared %d layers in %.2f s", len(self.steps), time.perf_counter() - start)
 
     def new_input(self) -> np.ndarray:
@@ -61,7 +62,24 @@ class CompiledPlan:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Dense output of a batch of input patches (``x`` from :meth:`new_input`)."""
-        for i, step in enumerate(self.steps):
+        return self.run_tail(self.run_head(x))
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether batches overlap (runtime/pipeline.py): a GPU tail after a CPU head."""
+        return self.plan.gpu is not None and self.plan.gpu.theta > 0
+
+    def run_head(self, x: np.ndarray) -> np.ndarray:
+        """The CPU head (layers < θ; every layer of a CPU-only plan): the tensor at θ."""
+        return self._run_steps(x, 0, self.head_steps)
+
+    def run_tail(self, x: np.ndarray) -> np.ndarray:
+        """The GPU tail (if any) on the head's output, then the dense recombination."""
+        return recombine(self._run_steps(x, self.head_steps, len(self.steps)), self.windows,
+                         self.plan.batch)
+
+    def _run_steps(self, x: np.ndarray, start: int, stop: int) -> np.ndarray:
+        for i in range(start, stop):
             slack = self.steps[i + 1].input_slack if i + 1 < len(self.steps) else 0
-            x = step.run(x, slack)
-        return recombine(x, self.windows, self.plan.batch)
+            x = self.steps[i].run(x, slack)
+        return x

@@ -16,6 +16,7 @@ from ..planner.search import default_budget
 from ..planner.search import plan as search_plan
 from ..spec import Network, Vec3
 from .executor import CompiledPlan
+from .pipeline import run_batches
 from .tiling import Tile, tiles
 from .volume import as_volume, check_mode, same_padding
 
@@ -41,8 +42,9 @@ def run_tiles(compiled: CompiledPlan, group: Sequence[Tile], vol: np.ndarray, vo
     plan = compiled.plan
     in_patch = plan.input_patch
     buf = compiled.new_input()
-    for first in range(0, len(group), plan.batch):
-        batch = group[first:first + plan.batch]
+    done = 0
+
+    def load(batch: Sequence[Tile]) -> np.ndarray:
         for sample, tile in enumerate(batch):
             src = tuple(slice(tile.start[a] - vol_origin[a],
                               min(tile.start[a] - vol_origin[a] + in_patch[a], vol.shape[1 + a]))
@@ -51,14 +53,22 @@ def run_tiles(compiled: CompiledPlan, group: Sequence[Tile], vol: np.ndarray, vo
             if region.shape[1:] != in_patch:
                 buf[sample].fill(0)  # zero-pad beyond the volume (patches at the far edge)
             buf[sample][(slice(None), *(slice(0, n) for n in region.shape[1:]))] = region
-        dense = compiled.run(buf)  # a short last group leaves stale samples: ignored
+        return buf  # a short last group leaves stale samples: ignored
+
+    def store(batch: Sequence[Tile], dense: np.ndarray) -> None:
+        nonlocal done
         for sample, tile in enumerate(batch):
             dst = tuple(slice(tile.write_start[a] - out_origin[a],
                               tile.start[a] + tile.size[a] - out_origin[a]) for a in range(3))
             out[(slice(None), *dst)] = dense[sample][(
                 slice(None), *(slice(tile.skip[a], tile.size[a]) for a in range(3)))]
+        done += len(batch)
         if progress is not None:
-            progress(first + len(batch), len(group))
+            progress(done, len(group))
+
+    # CPU–GPU plans overlap batch k's GPU tail with batch k+1's CPU head (pipeline.py)
+    run_batches(compiled, [group[first:first + plan.batch]
+                           for first in range(0, len(group), plan.batch)], load, store)
 
 
 def output_extent(net: Network, volume_shape: tuple[int, ...]) -> Vec3:
