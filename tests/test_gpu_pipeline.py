@@ -58,13 +58,8 @@ def test_resident_tail_in_passes_equals_reference_and_host_mode(net, theta, ways
     np.testing.assert_array_equal(resident, znni.infer(net, volume, plan=_host_mode(p)))
 
 
-def test_resident_tail_device_memory_is_what_the_planner_counts(monkeypatch) -> None:
-    """The planner's own resident plan: the runtime allocates exactly its GPU bytes (direct
-    layers have no scratch of their own)."""
-    net = znni.load("aniso2d3d").random_weights(1)
-    p = plan(net, GIB, device="h100", extent=net.fragmentation)
-    assert p.gpu is not None and p.gpu.mode == "resident"
-    assert {lp.primitive for lp in p.gpu.layers} == {"gpu-direct"}
+def _count_allocations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the device buffers allocated from now on."""
     allocated: list[int] = []
     alloc = gpu_runtime.CudaRuntime.alloc
 
@@ -73,6 +68,17 @@ def test_resident_tail_device_memory_is_what_the_planner_counts(monkeypatch) -> 
         return alloc(self, nbytes)
 
     monkeypatch.setattr(gpu_runtime.CudaRuntime, "alloc", counting)
+    return allocated
+
+
+def test_resident_tail_device_memory_is_what_the_planner_counts(monkeypatch) -> None:
+    """The planner's own resident plan: the runtime allocates exactly its GPU bytes (direct
+    layers have no scratch of their own)."""
+    net = znni.load("aniso2d3d").random_weights(1)
+    p = plan(net, GIB, device="h100", extent=net.fragmentation)
+    assert p.gpu is not None and p.gpu.mode == "resident"
+    assert {lp.primitive for lp in p.gpu.layers} == {"gpu-direct"}
+    allocated = _count_allocations(monkeypatch)
     CompiledPlan(p, net, 1)
     assert sum(allocated) == p.gpu.device_bytes
 
@@ -166,13 +172,11 @@ def test_map_chunk_device_memory_is_what_the_planner_counts(net, monkeypatch) ->
 
     p = _map_chunks(gpu_plan(net, 2, ["gpu-host-direct"] * 2, 16, mode="host"),
                     {2: (2, 2)})
-    allocated: list[int] = []
-    alloc = gpu_runtime.CudaRuntime.alloc
-    monkeypatch.setattr(gpu_runtime.CudaRuntime, "alloc",
-                        lambda self, n: allocated.append(n) or alloc(self, n))
-    step = CompiledPlan(p, net, 1).steps[2]
-    assert isinstance(step, gpu_runtime.MapChunkStep)
+    assert p.gpu is not None
     layer, shape = net.layers[2], p.layers[2].input_shape
+    allocated = _count_allocations(monkeypatch)
+    gpu_runtime.MapChunkStep(gpu_runtime.gpu_runtime(), "gpu-host-direct", layer, shape,
+                             p.gpu.layers[0], net.require_weights()[2])
     assert sum(allocated) == HOST_RAM["gpu-host-direct"].device_bytes(layer, shape,
                                                                       Split(1, 2, 2))
 
@@ -181,7 +185,7 @@ def test_a_cuda_error_is_typed_with_a_hint(net) -> None:
     p = gpu_plan(net, 2, ["gpu-direct", "gpu-direct"], 4)
     compiled = CompiledPlan(p, net, 1)
     tail = compiled.steps[-1]
-    assert isinstance(tail, gpu_runtime.ResidentTail)
+    assert isinstance(tail, gpu_runtime.DeviceChain)
     first = tail.layers[0]
     failing = replace(first.kernel, module=replace(first.kernel.module, lib=_Failing()))
     tail.layers[0] = replace(first, kernel=failing)  # this compiled plan only

@@ -90,6 +90,10 @@ def test_hand_edited_gpu_section_is_checked() -> None:
     with pytest.raises(PlanError, match="inconsistent"):
         Plan.from_dict(data, net)
     data["gpu"]["layers"][0]["primitive"] = "gpu-direct"
+    data["gpu"]["layers"][0]["out_maps"] = 0  # the runtime's map chunks would be empty
+    with pytest.raises(PlanError, match="inconsistent"):
+        Plan.from_dict(data, net)
+    data["gpu"]["layers"][0]["out_maps"] = 1
     data["gpu"]["theta"] = "two"
     with pytest.raises(PlanError, match="malformed"):
         Plan.from_dict(data, net)

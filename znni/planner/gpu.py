@@ -6,7 +6,7 @@ CPU search's own options and cost model), and the tail is costed two ways:
 
 - *resident*: ``sub_batch`` of the tail's input items per pass, tensors kept on the card; per
   layer the fastest resident GPU primitive whose scratch fits next to what the runtime
-  allocates for the whole tail (runtime/gpu.py's ResidentTail: all tail weights, the
+  allocates for the whole tail (runtime/gpu.py's DeviceChain: all tail weights, the
   double-buffered pass input and output, and the two buffers the intermediate tensors
   alternate in; exact, as in the CPU search: the rest is choice-independent). Passes overlap
   their upload, compute and download (two streams).

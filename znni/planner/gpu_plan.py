@@ -67,9 +67,9 @@ class GpuPlan:
         known = set(RESIDENT) | set(HOST_RAM)
         if (not 0 <= plan.theta < layer_count or plan.sub_batch < 1 or plan.mode not in GPU_MODES
                 or [lp.index for lp in layers] != list(range(plan.theta, layer_count))
-                or any(lp.primitive not in known for lp in layers)):
+                or any(lp.primitive not in known or lp.out_maps < 1 for lp in layers)):
             raise PlanError("plan 'gpu' section is inconsistent with the network (theta, "
-                            "mode, layer indices or primitive names)",
+                            "mode, layer indices, primitive names or out_maps)",
                             f"GPU layers are theta..{layer_count - 1}; primitives "
                             f"{sorted(known)}")
         return plan

@@ -20,6 +20,7 @@ from ..spec import Conv, Layer, Pool, Shape5
 from .base import FLOAT_BYTES, tensor_bytes
 from .direct import conv_output_shape
 from .gpu_fft import gpu_fft_flops, gpu_fft_scratch_bytes
+from .gpu_kernels import direct_block
 from .mpf import mpf_output_shape
 
 if TYPE_CHECKING:
@@ -47,9 +48,13 @@ def intermediate_buffers(outputs: list[Shape5]) -> tuple[int, int]:
 
 
 def weight_bytes(layer: Layer) -> int:
+    """Device bytes of a conv's weights and biases as its kernel reads them: output maps
+    padded to the direct kernel's register block (the FFT's plain arrays are no larger)."""
     if not isinstance(layer, Conv):
         return 0
-    return FLOAT_BYTES * layer.out_channels * (layer.in_channels * math.prod(layer.kernel) + 1)
+    block = direct_block(layer)
+    maps = -(-layer.out_channels // block) * block
+    return FLOAT_BYTES * maps * (layer.in_channels * math.prod(layer.kernel) + 1)
 
 
 def _undilated(layer: Layer) -> bool:

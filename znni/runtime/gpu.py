@@ -5,14 +5,15 @@ CUDA device that is a clear :class:`GpuUnavailableError`, never a silent CPU fal
 ``ZNNI_GPU_EMULATE=1`` runs the same kernels as C++ (cuda_emulation.h), which is how the tests
 check GPU plans end to end. The tail runs as the plan's mode says:
 
-- *resident* (:class:`ResidentTail`, one step for the whole tail): per pass of ``sub_batch``
+- *resident*: one :class:`DeviceChain` of every tail layer: per pass of ``sub_batch``
   tail-input items one upload, every tail layer on device buffers (intermediate tensors stay
   on the card), one download; two streams and two input/output buffer sets, so pass k+1's
   upload overlaps pass k's compute and pass k's download; the host arrays are pinned in place.
-  Weights go up once per compiled plan.
-- *host* (GPU + host RAM, one step per layer): batch splits through the module's own
-  ``znni_gpu_host_forward`` (:class:`GpuStep`), map splits as real channel-chunk sub-layers
-  (:class:`MapChunkStep`).
+- *host* (GPU + host RAM, one step per layer): batch splits as a one-layer
+  :class:`DeviceChain` in passes of the planned chunk's items, map splits as real
+  channel-chunk sub-layers (:class:`MapChunkStep`).
+
+Weights go up once per compiled plan (map chunks: a chunk's with each chunk, as planned).
 
 Python chains the layers by passing device pointers to small C entries (znni_gpu_abi.h: the
 memory, copy, stream and event wrappers of gpu_runtime.cu.j2, and every conv module's chunk
@@ -265,24 +266,6 @@ def _host_weights(primitive: str, layer: Layer,
     return np.ascontiguousarray(weights[0]), np.ascontiguousarray(weights[1])
 
 
-class GpuStep:
-    """One host-mode tail layer as batch splits: the whole batch in passes of the planned
-    chunk's samples (the module's znni_gpu_host_forward: two streams, pinned host arrays)."""
-
-    input_slack = 0
-
-    def __init__(self, primitive: str, layer: Layer, shape: Shape5, lp: GpuLayerPlan,
-                 weights: Weights | None) -> None:
-        self.module = _kernel(primitive, layer, shape, f"layer {lp.index}").module
-        self.layer, self.chunk = layer, lp.chunk_shape[0]
-        self.weights = _host_weights(primitive, layer, weights)
-
-    def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
-        out = padded_empty(output_shape(self.layer, x.shape), out_slack)  # type: ignore[arg-type]
-        self.module.gpu_host_forward(x, out, self.chunk, *self.weights)
-        return out
-
-
 @dataclass(frozen=True)
 class _TailLayer:
     kernel: Kernel
@@ -291,14 +274,18 @@ class _TailLayer:
     bias: int
 
 
-class ResidentTail:
-    """The whole resident tail as one step: passes of ``sub_batch`` tail-input items.
+class DeviceChain:
+    """GPU layers as one step, in passes of ``sub_batch`` items of the first one's input
+    with the tensors between them on the card: a resident tail, or (one layer) the batch
+    splits of a GPU + host RAM layer.
 
-    Device memory (what the GPU planner counts): all tail weights, two pass-input and two
-    pass-output buffers (one set per stream), and two buffers the intermediate tensors
-    alternate in (layer l writes buffer l % 2). Those two are shared by both streams, so a
-    pass's compute waits for the previous pass's (an event) — the card computes one pass at a
-    time anyway — while uploads and downloads of the neighbouring passes run beside it.
+    Device memory (what the GPU planner counts for a resident tail; less than it counts for a
+    batch split, whose two buffer sets it plans with a scratch each): all the layers' weights,
+    two pass-input and two pass-output buffers (one set per stream), and two buffers the
+    intermediate tensors alternate in (layer l writes buffer l % 2). Those two are shared by
+    both streams, so a pass's compute waits for the previous pass's (an event) — the card
+    computes one pass at a time anyway — while uploads and downloads of the neighbouring
+    passes run beside it.
     """
 
     input_slack = 0
@@ -467,17 +454,21 @@ def gpu_steps(plan: Plan, layers: list[Layer], weights: dict[int, Weights]) -> l
     assert plan.gpu is not None
     require_gpu()
     tail = plan.gpu.layers
-    shapes = [plan.layers[lp.index].input_shape for lp in tail]
     rt = gpu_runtime()
+
+    def chain(lps: tuple[GpuLayerPlan, ...], sub_batch: int) -> DeviceChain:
+        return DeviceChain(rt, [lp.primitive for lp in lps], [layers[lp.index] for lp in lps],
+                           [plan.layers[lp.index].input_shape for lp in lps],
+                           [weights.get(lp.index) for lp in lps], sub_batch, lps[0].index)
+
     if plan.gpu.mode == "resident":
-        return [ResidentTail(rt, [lp.primitive for lp in tail], [layers[lp.index] for lp in tail],
-                             shapes, [weights.get(lp.index) for lp in tail], plan.gpu.sub_batch,
-                             plan.gpu.theta)]
+        return [chain(tail, plan.gpu.sub_batch)]
     steps: list[Step] = []
-    for lp, shape in zip(tail, shapes):
+    for lp in tail:
         layer = layers[lp.index]
         if Split(lp.chunk_shape[0], lp.out_maps, lp.chunk_shape[1]).maps_split(layer):
-            steps.append(MapChunkStep(rt, lp.primitive, layer, shape, lp, weights.get(lp.index)))
+            steps.append(MapChunkStep(rt, lp.primitive, layer, plan.layers[lp.index].input_shape,
+                                      lp, weights.get(lp.index)))
         else:
-            steps.append(GpuStep(lp.primitive, layer, shape, lp, weights.get(lp.index)))
+            steps.append(chain((lp,), lp.chunk_shape[0]))
     return steps
