@@ -84,17 +84,23 @@ def test_resident_tail_device_memory_is_what_the_planner_counts(monkeypatch) -> 
 
 
 def _record_stages(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, str]]:
-    """(stage, batch number, thread) for every head and tail run, in the order they start."""
+    """(event, batch number, thread) as every head and tail run starts and ends: events
+    "head", "tail", "head end", "tail end", in the order they happen."""
     log: list[tuple[str, int, str]] = []
     lock = threading.Lock()
     counts = {"head": 0, "tail": 0}
 
     def wrap(stage: str, run):
         def recorded(self, x):
+            thread = threading.current_thread().name
             with lock:
-                log.append((stage, counts[stage], threading.current_thread().name))
+                k = counts[stage]
                 counts[stage] += 1
-            return run(self, x)
+                log.append((stage, k, thread))
+            result = run(self, x)
+            with lock:
+                log.append((f"{stage} end", k, thread))
+            return result
         return recorded
 
     monkeypatch.setattr(CompiledPlan, "run_head", wrap("head", CompiledPlan.run_head))
@@ -105,9 +111,9 @@ def _record_stages(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, str]
 @pytest.mark.parametrize("mode", ["resident", "host"])
 def test_pipelined_batches_equal_reference_and_sequential_order(net, mode,
                                                                 monkeypatch) -> None:
-    """Four batches: each tail runs in the worker thread while the next head runs, never
-    more than two batches in flight, and the output equals the reference and, bit for bit,
-    the same plan run batch after batch."""
+    """Four batches: each tail runs in the worker thread while the next head runs, exactly
+    two batches in flight, and the output equals the reference and, bit for bit, the same
+    plan run batch after batch."""
     p = gpu_plan(net, 2, ["gpu-direct", "gpu-fft"], 5, batch=2)
     if mode == "host":
         p = _host_mode(p)
@@ -118,12 +124,38 @@ def test_pipelined_batches_equal_reference_and_sequential_order(net, mode,
     tails = [t for stage, _, t in log if stage == "tail"]
     assert len(heads) == len(tails) == 4
     assert set(heads) == {threading.main_thread().name} and "MainThread" not in tails
-    for i, (stage, k, _) in enumerate(log):  # head k starts only after tail k-2 has started
-        if stage == "head" and k >= 2:
-            assert ("tail", k - 2) in [(s, n) for s, n, _ in log[:i]]
+    for i, (stage, k, _) in enumerate(log):
+        before = [(s, n) for s, n, _ in log[:i]]
+        if stage == "head" and k >= 2:  # batch k-2 is done before batch k starts
+            assert ("tail end", k - 2) in before
+        if stage == "tail":  # its own head is done, and the tail before it
+            assert ("head end", k) in before and (k == 0 or ("tail end", k - 1) in before)
     assert relative_error(piped, forward(net, volume)) < 1e-4
     monkeypatch.setattr(CompiledPlan, "pipelined", property(lambda self: False))
     np.testing.assert_array_equal(piped, znni.infer(net, volume, plan=p))
+
+
+def test_the_next_head_runs_while_a_tail_runs(net, monkeypatch) -> None:
+    """Concurrency, deterministically: each tail but the last waits until the next batch's
+    head has started, which only a pipelined run lets happen."""
+    p = gpu_plan(net, 2, ["gpu-direct", "gpu-direct"], 8, batch=2)
+    started = [threading.Event() for _ in range(4)]
+    overlapped: list[bool] = []
+    head, tail = CompiledPlan.run_head, CompiledPlan.run_tail
+
+    def run_head(self, x):
+        started[sum(e.is_set() for e in started)].set()
+        return head(self, x)
+
+    def run_tail(self, x):
+        k = len(overlapped)
+        overlapped.append(k == 3 or started[k + 1].wait(timeout=30))
+        return tail(self, x)
+
+    monkeypatch.setattr(CompiledPlan, "run_head", run_head)
+    monkeypatch.setattr(CompiledPlan, "run_tail", run_tail)
+    znni.infer(net, _volume(net, (8, 16, 16)), plan=p)
+    assert overlapped == [True] * 4
 
 
 def test_cpu_only_and_gpu_only_plans_run_on_the_callers_thread(net, monkeypatch) -> None:
@@ -132,6 +164,7 @@ def test_cpu_only_and_gpu_only_plans_run_on_the_callers_thread(net, monkeypatch)
     znni.infer(net, volume, plan=znni.make_plan(net, (4, 8, 8), 2, "direct"))
     znni.infer(net, volume, plan=gpu_plan(net, 0, ["gpu-direct"] * 3, 4, batch=2))
     assert {t for _, _, t in log} == {threading.main_thread().name}
+    assert len(log) == 2 * 2 * 2  # one batch per plan: its head and tail, started and ended
 
 
 def _map_chunks(p: znni.Plan, chunks: dict[int, tuple[int, int]]) -> znni.Plan:
