@@ -267,9 +267,9 @@ def _host_weights(primitive: str, layer: Layer,
 
 
 @dataclass(frozen=True)
-class _TailLayer:
+class _ChainLayer:
     kernel: Kernel
-    per_item: int          # this layer's input items per tail-input item (MPF multiplies)
+    per_item: int          # its input items per item of the chain's input (MPF multiplies)
     weights: int           # device pointers (0: none)
     bias: int
 
@@ -310,9 +310,9 @@ class DeviceChain:
         self.computed = self.dev.event()
 
     def _layer(self, primitive: str, layer: Layer, shape: Shape5, weights: Weights | None,
-               index: int) -> _TailLayer:
+               index: int) -> _ChainLayer:
         w, b = _host_weights(primitive, layer, weights)
-        return _TailLayer(_kernel(primitive, layer, shape, f"layer {index}"),
+        return _ChainLayer(_kernel(primitive, layer, shape, f"layer {index}"),
                           shape[0] // self.total,
                           0 if w is None else self.dev.resident(w),
                           0 if b is None else self.dev.resident(b))

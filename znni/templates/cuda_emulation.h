@@ -110,7 +110,10 @@ typedef int (*znni_gpu_forward_fn)(const float *, float *, const float *, const 
  * sets alternate, so chunk c+1's upload and chunk c-1's download overlap chunk c's compute; the
  * host arrays are pinned for the call (page-locked: asynchronous DMA; if pinning is refused the
  * copies are merely pageable). Weights go up once. Emulated, the same code runs on host memory
- * with memcpy copies, which checks the chunking. Returns 0 or the first CUDA error. */
+ * with memcpy copies, which checks the chunking. Returns 0 or the first CUDA error. This is a
+ * module's self-contained host entry (znni_layer_forward; the kernel tests); plans run their
+ * tails from runtime/gpu.py through znni_gpu_abi.h instead, which keeps weights and, across a
+ * resident tail, the tensors between layers on the card. */
 inline int znni_run_on_host(znni_gpu_forward_fn forward, const float *input, long in_item,
                             float *output, long out_item, const float *weights, long w_floats,
                             const float *bias, long b_floats, int batch, int chunk) {
