@@ -74,9 +74,9 @@ def release_tail(buffer: np.ndarray, keep: int) -> None:
     pages inside the tail (they read back as zeros if touched again); without it (not Linux
     or no libc) this does nothing and RSS stays as before.
     """
-    start = buffer.__array_interface__["data"][0] + FLOAT_BYTES * keep
-    end = buffer.__array_interface__["data"][0] + buffer.nbytes
-    first, last = -(-start // _PAGE) * _PAGE, end // _PAGE * _PAGE
+    address = buffer.__array_interface__["data"][0]
+    first = -(-(address + FLOAT_BYTES * keep) // _PAGE) * _PAGE
+    last = (address + buffer.nbytes) // _PAGE * _PAGE
     if last > first and _madvise is not None:
         _madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
 
