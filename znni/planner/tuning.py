@@ -36,10 +36,10 @@ log = logging.getLogger("znni")
 #: further repetition starts). A record serves any effort at most as rigorous as the one that
 #: made it.
 EFFORTS = {"measure": (1, 3, 6.0), "exhaustive": (2, 5, 20.0)}
-#: A run this long is timed even when it would be a warm-up (unless it planned FFTW
-#: transforms): repeating it would make tuning take hours. It is still a cold run (first
-#: touch of multi-GB buffers cost 5.9 s against 0.6 s warm on n337's first layer), so it
-#: is dropped once a warm run has been timed after it.
+#: A warm-up run this long ends the warm-up (unless it planned FFTW transforms): repeating it
+#: would make tuning take hours. It is never timed: it is a cold run (first touch of multi-GB
+#: buffers on this VM cost 5.9-7.2 s against 0.6 s warm on n337's first layer), so the
+#: repetitions after it are what count, at least one of them even past the time cap.
 LONG_RUN_SECONDS = 2.0
 _RANK = {"measure": 1, "exhaustive": 2}
 
@@ -130,8 +130,8 @@ def _locked(path: Path) -> Iterator[None]:
 def measure(layer: Layer, shape_in: Shape5, primitive: str, threads: int,
             effort: str) -> tuple[float, ...]:
     """Wall times of ``primitive`` on ``layer`` for ``shape_in`` (random weights and input),
-    after the effort's warm-up runs (kernels compiled, FFTW plans measured); long runs are
-    repeated only until the effort's time cap."""
+    after the effort's warm-up runs (kernels compiled, FFTW plans measured, pages touched);
+    long runs are repeated only until the effort's time cap."""
     warmup, repeats, cap = EFFORTS[effort]
     rng = np.random.default_rng(0)
     weights: Any = None
@@ -144,9 +144,8 @@ def measure(layer: Layer, shape_in: Shape5, primitive: str, threads: int,
     x = padded_empty(shape_in, step.input_slack)
     x[...] = rng.random(shape_in, dtype=np.float32)
     times: list[float] = []
-    cold = 0  # leading timings of warm-up runs, kept only while no warm run follows
     runs = 0
-    while len(times) - cold < repeats and (not times or sum(times) < cap):
+    while len(times) < repeats and (not times or sum(times) < cap):
         planned = plans_measured()
         start = time.perf_counter()
         step.run(x, 0)
@@ -155,6 +154,5 @@ def measure(layer: Layer, shape_in: Shape5, primitive: str, threads: int,
         if runs > warmup:
             times.append(seconds)
         elif seconds >= LONG_RUN_SECONDS and plans_measured() == planned:
-            times.append(seconds)
-            cold += 1
-    return tuple(times[cold:]) if len(times) > cold else tuple(times)
+            warmup = runs  # warm enough: the next run is timed
+    return tuple(times)
