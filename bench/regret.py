@@ -2,10 +2,13 @@
 
     python bench/regret.py [--nets n337,n726] [--memory 4GiB] [--leaders 4] [--floor 0.5]
                            [--within 3] [--top 3] [--repeats 3] [--out FILE.json]
+                           [--plans DIR]
 
 For each net, at the given budget:
 
-1. the planner's plan, ``znni.plan(net, memory, effort="measure")``;
+1. the planner's plan, ``znni.plan(net, memory, effort="measure")``, made from the tuning
+   records present before the sweep (start from an empty cache dir to test what a new user
+   gets; ``--plans`` keeps it for a resumed sweep);
 2. the sweep. Every (patch, batch, pooling mode) that fits the budget is a candidate; patches
    that are permutations of each other form one class (the best-ranked permutation stands for
    it). Swept: the ``--leaders`` best classes, the best class of every (pooling mode, batch)
@@ -111,11 +114,18 @@ def _label(p: Plan) -> str:
 
 def regret(name: str, budget: int, args: argparse.Namespace) -> dict[str, object]:
     device = this_machine(args.threads)
-    records = TuningRecords()
     net = znni.load(name).random_weights(0)
     start = time.perf_counter()
-    planned = znni.plan(net, budget, args.threads, effort="measure")
+    saved = args.plans / f"{name}.plan.json" if args.plans else None
+    if saved is not None and saved.exists():  # a resumed sweep tests the same plan
+        planned = Plan.from_json(saved.read_text(), net)
+    else:
+        planned = znni.plan(net, budget, args.threads, effort="measure")
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(planned.to_json())
     plan_seconds = time.perf_counter() - start
+    records = TuningRecords()  # read after planning: with the planner's timings
     costs = search.CostModel(device, records, "measure")
     swept = sweep_set(search.candidates(net, budget, costs), args.leaders, args.floor)
     print(f"{name} @ {args.memory}: planned in {plan_seconds:.0f} s: {_label(planned)}; "
@@ -168,6 +178,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=znni.config.default_threads())
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--plans", type=Path, help="keep each net's plan here (NET.plan.json) "
+                        "and reuse it: the plan is made from the records present before the "
+                        "sweep, so a resumed sweep (records already richer) tests the same plan")
     args = parser.parse_args()
     budget = znni.config.parse_bytes(args.memory)
     results = [regret(name, budget, args) for name in args.nets.split(",")]
