@@ -204,14 +204,15 @@ def test_measuring_needs_this_machine() -> None:
 
 @pytest.mark.parametrize("name", ["tiny", "aniso2d3d"])
 @pytest.mark.parametrize("form", ["dilated", "mpf"])
-def test_torch_dense_forms_equal_the_reference(name: str, form: str) -> None:
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_torch_dense_forms_equal_the_reference(name: str, form: str, channels_last: bool) -> None:
     pytest.importorskip("torch")
     from znni.torch_dense import TorchDense
 
     net = znni.load(name).random_weights(5)
     fov = net.fov
     volume = random_volume((net.input_channels, fov[0] + 6, fov[1] + 3, fov[2] + 5), seed=6)
-    out = TorchDense(net, form, threads=1)(volume)
+    out = TorchDense(net, form, threads=1, channels_last=channels_last)(volume)
     assert relative_error(out, forward(net, volume)) < 1e-4
 
 

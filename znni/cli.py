@@ -2,6 +2,10 @@
 and ``export``.
 
 Every user error becomes one paragraph on stderr and exit status 2; no tracebacks.
+
+Only click and light znni modules are imported here: each command imports what it runs, so
+``znni --help`` starts in a fraction of a second (numpy, the planner and the kernels'
+toolchain cost most of a second).
 """
 
 from __future__ import annotations
@@ -14,25 +18,23 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
 
 from . import __version__, config
+from .bundled import bundled_nets
 from .errors import ZnniError
-from .planner import Plan
-from .planner.report import format_plan
-from .planner.search import EFFORT_LEVELS
-from .planner.search import plan as search_plan
-from .planner.tuning import EFFORTS
-from .runtime.infer import infer_with_stats
-from .runtime.job import infer_volume
-from .runtime.progress import progress_report
-from .spec import Network, Vec3, bundled_nets, load
-from .synthetic import em_like_volume
+
+if TYPE_CHECKING:
+    from .spec import Network, Vec3
 
 EXIT_USER_ERROR = 2
+#: ``--effort`` choices of ``tune`` and of ``plan``/``bench``: literal copies of
+#: ``znni.planner.tuning.EFFORTS`` and ``znni.planner.search.EFFORT_LEVELS`` (importing those
+#: would import the planner); tests/test_startup.py checks that they agree.
+TUNING_EFFORTS = ("measure", "exhaustive")
+EFFORT_LEVELS = ("estimate", *TUNING_EFFORTS)
 
 
 def _run_guarded(fn: Callable[[], None]) -> None:
@@ -66,6 +68,8 @@ def _network(spec: str, weights: str | None, seed: int | None) -> Network:
     if (weights is None) == (seed is None):
         raise ZnniError("give exactly one of --weights W.npz or --random-weights SEED",
                         "trained weights come from --weights; benchmarks use --random-weights")
+    from .spec import load
+
     net = load(spec)
     return net.with_weights(weights) if weights is not None else net.random_weights(seed)
 
@@ -154,6 +158,10 @@ def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
     block by block (memory: the budget plus one block); resumable."""
 
     def run() -> None:
+        from .planner import Plan
+        from .runtime.job import infer_volume
+        from .runtime.progress import progress_report
+
         net = _network(spec, weights, seed)
         plan = None
         if plan_path is not None:
@@ -216,6 +224,10 @@ def plan_command(spec: str, memory: str | None, threads: int | None, device_path
     """Search the fastest plan of network SPEC (JSON file or bundled name) within a budget."""
 
     def run() -> None:
+        from .planner.report import format_plan
+        from .planner.search import plan as search_plan
+        from .spec import load
+
         net = load(spec)
         result = search_plan(net, memory, _threads(threads), device_path, effort,
                              _parse_extent(extent))
@@ -231,13 +243,17 @@ def plan_command(spec: str, memory: str | None, threads: int | None, device_path
 @click.option("--memory", default=None, help="Memory budget, e.g. 4GiB.")
 @click.option("--threads", type=int, default=None, help="Threads (default: usable cores).")
 @click.option("--effort", default="measure", show_default=True,
-              type=click.Choice(list(EFFORTS)),
+              type=click.Choice(list(TUNING_EFFORTS)),
               help="measure: the best candidates' layers; exhaustive: more candidates, every "
               "primitive, more repetitions.")
 def tune(spec: str, memory: str | None, threads: int | None, effort: str) -> None:
     """Time candidate primitives of SPEC's best plans on this machine; keep tuning records."""
 
     def run() -> None:
+        from .planner.report import format_plan
+        from .planner.search import plan as search_plan
+        from .spec import load
+
         net = load(spec)
         result = search_plan(net, memory, _threads(threads), None, effort)
         click.echo(format_plan(result))
@@ -264,6 +280,8 @@ def bench(spec: str, memory: str | None, threads: int | None, versus: str, sizes
 
     def run() -> None:
         from .benchmark import plot, run_bench
+        from .planner.search import plan as search_plan
+        from .spec import load
         from .torch_dense import require_torch
 
         net = load(spec).random_weights(0)
@@ -347,6 +365,7 @@ def export_command(plan_path: str, spec: str, weights: str | None, seed: int | N
 
     def run() -> None:
         from .export import export_plan
+        from .planner import Plan
 
         net = _network(spec, weights, seed)
         try:
@@ -372,6 +391,10 @@ def demo(spec: str, size: int, threads: int | None) -> None:
     """Run a bundled net with random weights on a synthetic EM-like volume; print voxels/s."""
 
     def run() -> None:
+        from .runtime.infer import infer_with_stats
+        from .spec import load
+        from .synthetic import em_like_volume
+
         net = load(spec).random_weights(0)
         if size < 1:
             raise ZnniError(f"--size must be ≥ 1, got {size}", "e.g. --size 64")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .bundled import NETS_DIR, bundled_nets
 from .errors import ShapeError, SpecError, WeightsError
 
 Vec3 = tuple[int, int, int]
@@ -258,15 +259,10 @@ def load(spec: str | os.PathLike | Mapping[str, Any],
     return net.with_weights(weights) if weights is not None else net
 
 
-def bundled_nets() -> list[str]:
-    """Names of the networks shipped with znni (``znni.load("n337")``)."""
-    return sorted(p.stem for p in (Path(__file__).parent / "data").glob("*.json"))
-
-
 def _read_spec(spec: str | os.PathLike) -> Any:
     path = Path(spec)
     if not path.exists() and str(spec) in bundled_nets():
-        path = Path(__file__).parent / "data" / f"{spec}.json"
+        path = NETS_DIR / f"{spec}.json"
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

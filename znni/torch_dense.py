@@ -7,6 +7,10 @@ Two dense forms, both exact (they equal :mod:`znni.reference`):
 - ``mpf``: max-pooling fragments, as znni does — each pool splits every sample into p³
   fragments (strided max pools at each offset), and the dense output is recombined at the end.
 
+Either form can run channels-last (``channels_last=True``: input and weights in
+``torch.channels_last_3d``, NDHWC), for which PyTorch's CPU convolutions pick other kernels —
+a baseline is only fair at its faster layout.
+
 ``torch`` is an optional dependency (the ``bench`` extra); import errors say how to install it.
 """
 
@@ -41,7 +45,8 @@ def _activation(torch: Any, name: str) -> Any:
 class TorchDense:
     """``net`` (with weights) as a dense PyTorch forward in one of :data:`FORMS`."""
 
-    def __init__(self, net: Network, form: str = "dilated", threads: int | None = None) -> None:
+    def __init__(self, net: Network, form: str = "dilated", threads: int | None = None,
+                 channels_last: bool = False) -> None:
         if form not in FORMS:
             raise ZnniError(f"unknown PyTorch form {form!r}", f"use one of {FORMS}")
         self.torch = require_torch()
@@ -49,8 +54,11 @@ class TorchDense:
             self.torch.set_num_threads(threads)
         self.net = net
         self.form = form
+        self.memory_format = (self.torch.channels_last_3d if channels_last
+                              else self.torch.contiguous_format)
         weights = net.require_weights()
-        self.params = {i: (self.torch.from_numpy(np.ascontiguousarray(w)),
+        self.params = {i: (self.torch.from_numpy(np.ascontiguousarray(w))
+                           .to(memory_format=self.memory_format),
                            self.torch.from_numpy(np.ascontiguousarray(b)))
                        for i, (w, b) in weights.items()}
 
@@ -59,6 +67,7 @@ class TorchDense:
         torch = self.torch
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None]
+            x = x.to(memory_format=self.memory_format)
             out = self._dilated(x) if self.form == "dilated" else self._mpf(x)
         return out[0].numpy()
 
