@@ -9,8 +9,6 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from .errors import ZnniError
 
 
@@ -38,6 +36,10 @@ KNOBS = {
     "nvccflags": Knob("ZNNI_NVCCFLAGS", "replaces the default nvcc optimisation flags", True),
     "fftw_effort": Knob("ZNNI_FFTW_EFFORT", "FFTW planner effort: FFTW_ESTIMATE, FFTW_MEASURE "
                         "(default) or FFTW_PATIENT; plans are remembered as wisdom", False),
+    "fftw_timelimit": Knob("ZNNI_FFTW_TIMELIMIT", "seconds FFTW may spend planning one pass "
+                           "(default 0.05; each pass plans one slab, once per process)", False),
+    "fftw_library": Knob("ZNNI_FFTW_LIBRARY", "libfftw3f shared library to use (default: the "
+                         "system's, else the one bundled with pyfftw)", False),
 }
 
 FFTW_EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")
@@ -49,6 +51,22 @@ def fftw_effort() -> str:
         raise ZnniError(f"ZNNI_FFTW_EFFORT={value!r} is not an FFTW planner effort",
                         f"use one of {', '.join(FFTW_EFFORTS)}")
     return value
+
+
+def fftw_timelimit() -> float:
+    text = os.environ.get(KNOBS["fftw_timelimit"].env, "0.05")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ZnniError(f"ZNNI_FFTW_TIMELIMIT={text!r} is not a positive number of seconds",
+                        "e.g. ZNNI_FFTW_TIMELIMIT=0.05")
+    return value
+
+
+def fftw_library() -> str | None:
+    return os.environ.get(KNOBS["fftw_library"].env) or None
 
 
 def keep_freed_memory() -> bool:
@@ -118,11 +136,15 @@ def default_threads() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
+        import psutil  # here, not at the top: `import znni` (via the allocator) imports config
+
         return max(1, psutil.cpu_count(logical=True) or 1)
 
 
 def available_memory() -> int:
     """Bytes of RAM this process can use now: psutil's available, capped by a cgroup limit."""
+    import psutil  # here, not at the top: `import znni` (via the allocator) imports config
+
     avail = int(psutil.virtual_memory().available)
     for limit_file, usage_file in (
         ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),

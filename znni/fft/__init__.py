@@ -1,4 +1,4 @@
-"""FFT building blocks on FFTW (through pyfftw): friendly sizes, pruned 3D transforms, wisdom."""
+"""FFT building blocks on FFTW (through cffi): friendly sizes, pruned 3D transforms, wisdom."""
 
 from .pruned import SpectralShape, forward, forward_unpruned, inverse_cropped
 from .sizes import fft_size

@@ -11,30 +11,19 @@ strided in-place FFTW passes. Inverse: the z pass on everything, then only the p
 that survive the valid crop. Everything happens in one complex buffer ``(B, N0, N1, N2//2+1)``
 (r2c/c2r in place), so the only memory is the spectrum itself.
 
-FFTW plans are made per call on the call's buffers (a plan pins its arrays; keeping plans would
-keep every layer's spectra alive). With wisdom — loaded from and saved to the znni cache dir —
-re-planning is cheap and never touches the data.
+The 1D FFTW passes run through znni.fft.fftw: planned once per slab geometry on scratch memory,
+executed by znni's own threads (no planning on the data, no second thread pool).
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import numpy as np
-import pyfftw
 
-from .. import config
-
-log = logging.getLogger("znni")
-_wisdom_lock = threading.Lock()
-_wisdom_loaded = False
+from .fftw import aligned_empty, transform
 
 
 @dataclass(frozen=True)
@@ -53,73 +42,7 @@ class SpectralShape:
         return self.size[0] * self.size[1] * self.half
 
     def buffer(self, batch: int) -> np.ndarray:
-        return pyfftw.empty_aligned((batch, self.size[0], self.size[1], self.half),
-                                    dtype=np.complex64)
-
-
-def _wisdom_path() -> Path:
-    return config.cache_dir() / "fftw_wisdom_single"
-
-
-def _ensure_wisdom() -> None:
-    global _wisdom_loaded
-    with _wisdom_lock:
-        if _wisdom_loaded:
-            return
-        _wisdom_loaded = True
-        try:
-            pyfftw.import_wisdom((b"", _wisdom_path().read_bytes(), b""))
-        except (OSError, ValueError):
-            pass
-
-
-_planned = [0]  # transforms planned by measuring in this process (wisdom was missing)
-
-
-def plans_measured() -> int:
-    """How many transforms this process has planned by measuring: a run during which this
-    grows spent time planning that later runs will not (tuning does not time such runs)."""
-    return _planned[0]
-
-
-def save_wisdom() -> None:
-    """Persist FFTW wisdom gathered by this process (atomic replace; last writer wins)."""
-    with _wisdom_lock:
-        path = _wisdom_path()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_bytes(pyfftw.export_wisdom()[1])
-        os.replace(tmp, path)
-
-
-def _plan(src: np.ndarray, dst: np.ndarray, axis: int, direction: str, threads: int,
-          wisdom_only: bool = False) -> pyfftw.FFTW:
-    effort = config.fftw_effort()
-    flags = (effort, "FFTW_WISDOM_ONLY") if wisdom_only else (effort,)
-    return pyfftw.FFTW(src, dst, axes=(axis,), direction=direction, flags=flags,
-                       threads=threads, normalise_idft=False)
-
-
-PassSpec = tuple[np.ndarray, np.ndarray, int, str]
-
-
-def _plans(passes: list[PassSpec], threads: int,
-           keep: np.ndarray | None = None) -> list[pyfftw.FFTW]:
-    """Plans for ``passes``. FFTW's measuring planner overwrites its arrays: without wisdom,
-    ``keep`` (the buffer holding data, if any) is saved and restored. Callers plan before
-    their data arrives wherever they can, so that no copy is made."""
-    _ensure_wisdom()
-    if config.fftw_effort() == "FFTW_ESTIMATE":
-        return [_plan(*p, threads) for p in passes]
-    try:
-        return [_plan(*p, threads, wisdom_only=True) for p in passes]
-    except RuntimeError:  # no wisdom yet for some pass: measure (first time per shape only)
-        saved = None if keep is None else keep.copy()
-        plans = [_plan(*p, threads) for p in passes]
-        _planned[0] += len(plans)
-        if keep is not None:
-            keep[...] = saved
-        save_wisdom()
-        return plans
+        return aligned_empty((batch, self.size[0], self.size[1], self.half), np.complex64)
 
 
 def _gemm_worthy(extent: int, n: int) -> bool:
@@ -158,13 +81,13 @@ def xy_passes(x: np.ndarray, shape: SpectralShape, threads: int) -> np.ndarray:
     batch, a, b, c = x.shape
     n1, n2 = shape.size[1], shape.size[2]
     half = shape.half
-    rows = pyfftw.empty_aligned((batch, a, b, n2), dtype=np.float32)
-    line = pyfftw.empty_aligned((batch, a, b, half), dtype=np.complex64)
-    x_pass = _plans([(rows, line, 3, "FFTW_FORWARD")], threads)[0]
-    rows[..., :c] = x  # filled after planning: a measuring planner scribbles on its arrays
+    rows = aligned_empty((batch, a, b, n2), np.float32)
+    rows[..., :c] = x
     rows[..., c:] = 0
-    x_pass.execute()
-    planes = pyfftw.empty_aligned((batch, a, n1, half), dtype=np.complex64)
+    line = aligned_empty((batch, a, b, half), np.complex64)
+    transform("r2c", rows, line, 3, threads)
+    del rows
+    planes = aligned_empty((batch, a, n1, half), np.complex64)
     _pruned_dft(line.reshape(batch * a, b, half), n1, planes.reshape(batch * a, n1, half), threads)
     return planes
 
@@ -199,16 +122,16 @@ def forward(x: np.ndarray, shape: SpectralShape, threads: int,
         a, b = n0, n1  # every line is transformed (the baseline pruning is measured against)
     real = spec.view(np.float32)
     rows = real[:, :a, :b, :n2]
-    plans = _plans([(rows, spec[:, :a, :b, :], 3, "FFTW_FORWARD"),
-                    (spec[:, :a], spec[:, :a], 2, "FFTW_FORWARD"),
-                    (spec, spec, 1, "FFTW_FORWARD")], threads)
-    rows[...] = 0  # filled after planning
-    rows[:, :x.shape[1], :x.shape[2], :c] = x
-    plans[0].execute()
+    xa, xb = x.shape[1], x.shape[2]
+    rows[:, :xa, :xb, :c] = x  # and zeros only where x does not reach
+    rows[:, :xa, :xb, c:] = 0
+    rows[:, :xa, xb:] = 0
+    rows[:, xa:] = 0
+    transform("r2c", rows, spec[:, :a, :b, :], 3, threads)
     spec[:, :a, b:, :] = 0
-    plans[1].execute()
+    transform("forward", spec[:, :a], spec[:, :a], 2, threads)
     spec[:, a:] = 0
-    plans[2].execute()
+    transform("forward", spec, spec, 1, threads)
     return spec
 
 
@@ -219,24 +142,16 @@ def forward_unpruned(x: np.ndarray, shape: SpectralShape, threads: int,
 
 
 def inverse_cropped(spec: np.ndarray, shape: SpectralShape, start: tuple[int, int, int],
-                    stop: tuple[int, int, int], threads: int,
-                    fill: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+                    stop: tuple[int, int, int], threads: int) -> np.ndarray:
     """Real ``(B, stop−start)`` block of the unnormalised c2r inverse of ``spec`` (destroyed):
-    after the z pass only planes [start0, stop0) and then rows [start1, stop1) are transformed.
-    With ``fill``, ``spec`` is empty and ``fill(spec)`` writes the spectrum once planned
-    (no copy of it is kept while FFTW measures)."""
+    after the z pass only planes [start0, stop0) and then rows [start1, stop1) are transformed."""
     s0, s1, s2 = start
     e0, e1, e2 = stop
     n2 = shape.size[2]
     real = spec.view(np.float32)
+    transform("backward", spec, spec, 1, threads)
     planes = spec[:, s0:e0]
+    transform("backward", planes, planes, 2, threads)
     rows = spec[:, s0:e0, s1:e1, :]
-    plans = _plans([(spec, spec, 1, "FFTW_BACKWARD"),
-                    (planes, planes, 2, "FFTW_BACKWARD"),
-                    (rows, real[:, s0:e0, s1:e1, :n2], 3, "FFTW_BACKWARD")], threads,
-                   keep=None if fill else spec)
-    if fill is not None:
-        fill(spec)
-    for plan in plans:
-        plan.execute()
+    transform("c2r", rows, real[:, s0:e0, s1:e1, :n2], 3, threads)
     return real[:, s0:e0, s1:e1, s2:e2]

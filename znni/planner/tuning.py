@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__, config
-from ..fft.pruned import plans_measured
+from ..fft.fftw import plans_measured
 from ..primitives import PRIMITIVES
 from ..primitives.base import padded_empty
 from ..spec import Conv, Layer, Pool, Shape5

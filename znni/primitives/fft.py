@@ -322,9 +322,9 @@ class FftStep:
                 del planar_in, buffers  # stage 3 of the last chunk is leaner
             # Stage 3: inverse transforms of the chunk, crop, bias, activation.
             spec_out = g.spectral.buffer(s * g.out_chunk)
-            valid = inverse_cropped(spec_out, g.spectral, start, stop, threads,
-                                    fill=lambda spec: self.layout.from_planar(planar_out, spec))
+            self.layout.from_planar(planar_out, spec_out)
             del planar_out
+            valid = inverse_cropped(spec_out, g.spectral, start, stop, threads)
             dst = out[:, j0:j0 + g.out_chunk]
             np.add(valid.reshape(dst.shape), self.bias[:, j0:j0 + g.out_chunk], out=dst)
             _ACTIVATIONS[layer.activation](dst)
