@@ -10,11 +10,14 @@ import types
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import znni
 from znni.errors import PlanError
 from znni.planner import Device, Plan, make_plan, plan
 from znni.planner import search as search_module
+from znni.planner.plan import patches_needed
 from znni.planner import tuning
 from znni.planner.tuning import TuningRecords
 from znni.reference import forward
@@ -60,7 +63,46 @@ def test_budget_strings_and_impossible_budgets() -> None:
 def test_extent_caps_the_patch() -> None:
     net = znni.load("n337")
     p = plan(net, 4 * GIB, device=DEVICE, extent=(10, 30, 17))
-    assert p.output_patch == (16, 32, 24)  # each axis rounded up to the fragmentation, no more
+    # each axis at most rounded up to the fragmentation (8), or finer with max-filtered pools
+    assert all(p.output_patch[a] <= (16, 32, 24)[a] for a in range(3))
+    assert p.padding_fraction <= 1 - 10 * 30 * 17 / (16 * 32 * 24)
+
+
+@settings(max_examples=15)
+@given(net_name=st.sampled_from(["n337", "tiny", "aniso2d3d"]),
+       extent=st.tuples(*[st.integers(1, 120)] * 3),
+       budget=st.sampled_from([GIB // 2, 2 * GIB]))
+def test_no_plan_computes_patches_the_volume_does_not_need(net_name, extent, budget) -> None:
+    """A batch never holds more patches than the volume has, no patch axis is more than one
+    fragmentation step past the volume, and the plan reports its padding."""
+    net = znni.load(net_name)
+    try:
+        p = plan(net, budget, device=DEVICE, extent=extent)
+    except PlanError:
+        return  # the budget holds no patch at all (said elsewhere)
+    needed = patches_needed(extent, p.output_patch)
+    assert p.batch <= needed and p.extent == extent
+    frag = net.fragmentation
+    assert all(p.output_patch[a] < extent[a] + frag[a] for a in range(3))
+    computed = p.runs * p.batch * math.prod(p.output_patch)
+    assert p.padding_fraction == pytest.approx(1 - math.prod(extent) / computed)
+    assert 0 <= p.padding_fraction < 1
+    assert Plan.from_json(p.to_json(), net) == p
+
+
+def test_one_patch_volume_plans_one_patch_of_that_size() -> None:
+    """The demo's case: a 64³ volume of n337 is one 64³ patch, batch 1, no padding."""
+    p = plan(znni.load("n337"), 16 * GIB, device=DEVICE, extent=(64, 64, 64))
+    assert (p.output_patch, p.batch, p.runs, p.padding_fraction) == ((64, 64, 64), 1, 1, 0.0)
+
+
+def test_infer_plans_for_the_volume_it_is_given() -> None:
+    net = znni.load("tiny").random_weights(3)
+    volume = random_volume(tuple(n + 3 for n in net.fov), seed=2)  # a 4³ output
+    from znni.runtime.infer import output_extent, plan_for_volume
+
+    p = plan_for_volume(net, output_extent(net, volume.shape), None, 4 * GIB)
+    assert p.extent == (4, 4, 4) and p.batch <= patches_needed(p.extent, p.output_patch)
 
 
 def test_planned_run_equals_reference_and_batches_tiles() -> None:

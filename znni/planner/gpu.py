@@ -34,7 +34,7 @@ from ..spec import LayerShapes, Network, Vec3
 from .device import Device
 from .gpu_device import GpuSpec
 from .gpu_plan import GpuLayerPlan, GpuPlan
-from .plan import LayerPlan, Plan, Planning, held_bytes, make_plan
+from .plan import LayerPlan, Plan, Planning, held_bytes, make_plan, patches_needed
 from .search import BATCHES, CostModel, layer_options
 
 #: Patches tried grow until the host RAM is full, or up to this many fragmentation steps.
@@ -180,9 +180,12 @@ def plan_gpu(net: Network, budget: int, device: Device, extent: Vec3 | None = No
         seen.add(patch)
         fitted = False
         for batch in batches:
+            if extent is not None and batch > patches_needed(extent, patch):
+                break  # a batch of patches the volume does not have: pure padding
             for seconds, gpu_bytes, p in _candidates(net, patch, batch, budget, device, costs):
                 fitted = True
-                rate = p.output_voxels / seconds
+                p = replace(p, extent=extent)
+                rate = p.output_voxels / seconds * (1 - p.padding_fraction)
                 if best is None or (rate, -gpu_bytes) > (best[0], -best[1]):
                     best = (rate, gpu_bytes, p)
         if not fitted:

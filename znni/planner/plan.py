@@ -122,6 +122,7 @@ class Plan:
     planning: Planning | None = None
     alternatives: tuple[Alternative, ...] = ()
     gpu: GpuPlan | None = None  # the CPU–GPU pipeline: layers ≥ gpu.theta run on the GPU
+    extent: Vec3 | None = None  # the output volume planned for (None: unbounded)
 
     @property
     def resident_bytes(self) -> int:
@@ -147,6 +148,22 @@ class Plan:
         return self.batch * math.prod(self.output_patch)
 
     @property
+    def runs(self) -> int | None:
+        """Batches needed to cover :attr:`extent` (None: unbounded)."""
+        if self.extent is None:
+            return None
+        return -(-patches_needed(self.extent, self.output_patch) // self.batch)
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of the computed output voxels that lie outside :attr:`extent` or are computed
+        twice (a short last batch, a patch past the volume's end, a last patch shifted back):
+        work the volume does not need."""
+        if self.runs is None:
+            return 0.0
+        return 1 - math.prod(self.extent) / (self.runs * self.output_voxels)  # type: ignore[arg-type]
+
+    @property
     def predicted_seconds(self) -> float | None:
         if self.gpu is not None:
             return self.gpu.seconds
@@ -156,9 +173,16 @@ class Plan:
 
     @property
     def predicted_throughput(self) -> float | None:
-        """Predicted dense output voxels per second."""
+        """Predicted dense output voxels per second of a run (padding included)."""
         seconds = self.predicted_seconds
         return None if not seconds else self.output_voxels / seconds
+
+    @property
+    def predicted_volume_throughput(self) -> float | None:
+        """Predicted voxels per second of :attr:`extent` (the search's objective): the run's
+        throughput less its padding."""
+        rate = self.predicted_throughput
+        return None if rate is None else rate * (1 - self.padding_fraction)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -168,6 +192,7 @@ class Plan:
         data["peak_bytes"] = self.peak_bytes
         data["predicted_seconds"] = self.predicted_seconds
         data["predicted_throughput"] = self.predicted_throughput
+        data["padding_fraction"] = self.padding_fraction
         return data
 
     def to_json(self) -> str:
@@ -197,6 +222,7 @@ class Plan:
             alternatives = tuple(_alternative(a) for a in data.get("alternatives", ()))
             gpu = (None if data.get("gpu") is None
                    else GpuPlan.from_dict(data["gpu"], len(net.layers)))
+            extent = None if data.get("extent") is None else _vec3(data["extent"], "extent")
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"malformed plan: {exc!r}", "re-create it with `znni plan`") from None
         if len(patch) != 3:
@@ -205,7 +231,7 @@ class Plan:
         layers_out = tuple(replace(lp, seconds=costs[lp.index][0], cost=costs[lp.index][1])
                            for lp in plan.layers)
         return replace(plan, layers=layers_out, planning=planning, alternatives=alternatives,
-                       gpu=gpu)
+                       gpu=gpu, extent=extent)
 
     @classmethod
     def from_json(cls, text: str, net: Network) -> Plan:
@@ -215,6 +241,23 @@ class Plan:
             raise PlanError(f"plan is not valid JSON: {exc.msg} at line {exc.lineno}",
                             "fix or re-create the plan file") from None
         return cls.from_dict(data, net)
+
+
+def _vec3(value: Any, what: str) -> Vec3:
+    if (not isinstance(value, Sequence) or len(value) != 3
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
+        raise ValueError(f"{what} must be 3 positive integers, got {value!r}")
+    return (value[0], value[1], value[2])
+
+
+def patches_needed(extent: Vec3, patch: Vec3) -> int:
+    """Output patches that cover ``extent`` (runtime/tiling: the last one per axis shifted
+    back inside the volume)."""
+    count = 1
+    for a in range(3):
+        full = max(1, extent[a] // patch[a])
+        count *= full + (1 if extent[a] > patch[a] and extent[a] % patch[a] else 0)
+    return count
 
 
 def _optional_seconds(value: Any) -> float | None:

@@ -27,6 +27,10 @@ def format_plan(plan: Plan) -> str:
                      f"{p.budget_bytes / GIB:.2f} GiB, effort {p.effort}")
     lines.append(f"predicted {_rate(plan.predicted_throughput)}, peak memory "
                  f"{plan.peak_bytes / GIB:.2f} GiB")
+    if plan.extent is not None:
+        lines.append(f"volume {_shape(plan.extent)}: {plan.runs} run(s), "
+                     f"{100 * plan.padding_fraction:.1f} % of the computed voxels padding, "
+                     f"{_rate(plan.predicted_volume_throughput)} of the volume")
     lines.append("")
     lines.append(f"{'layer':>5} {'kind':<5} {'primitive':<16} {'in place':>8} "
                  f"{'input (S,C,Z,Y,X)':<24} {'working':>10} {'seconds':>9} {'cost':<8}")

@@ -24,7 +24,7 @@ from ..errors import PlanError
 from ..primitives import PRIMITIVES, in_place
 from ..spec import Layer, LayerShapes, Network, Shape5, Vec3
 from .device import Device, this_machine
-from .plan import Alternative, LayerPlan, Plan, Planning, held_bytes, make_plan
+from .plan import Alternative, LayerPlan, Plan, Planning, held_bytes, make_plan, patches_needed
 from .tuning import EFFORTS, Record, TuningRecords, measure, record_key
 
 log = logging.getLogger("znni")
@@ -104,9 +104,9 @@ def layer_options(shapes: LayerShapes) -> tuple[LayerPlan, ...]:
 
 
 def _costed_plan(net: Network, patch: Vec3, batch: int, max_filtered: int, budget: int,
-                 costs: CostModel) -> Plan | None:
+                 costs: CostModel, extent: Vec3 | None = None) -> Plan | None:
     """The fastest plan for ``patch`` and ``batch`` (the last ``max_filtered`` pools as max
-    filters) within ``budget``, or None."""
+    filters) within ``budget``, or None; ``extent`` is the volume it will cover."""
     options: list[list[LayerPlan]] = []
     for shapes in net.layer_shapes(patch, batch, max_filtered):
         per_layer = []
@@ -122,7 +122,7 @@ def _costed_plan(net: Network, patch: Vec3, batch: int, max_filtered: int, budge
         if not fitting:
             return None
         chosen.append(min(fitting, key=lambda o: o.seconds))  # type: ignore[arg-type,return-value]
-    return replace(_plan_of(net, patch, batch, chosen), layers=tuple(chosen))
+    return replace(_plan_of(net, patch, batch, chosen), layers=tuple(chosen), extent=extent)
 
 
 def _plan_of(net: Network, patch: Vec3, batch: int, layers: list[LayerPlan]) -> Plan:
@@ -176,8 +176,10 @@ def _search(net: Network, budget: int, costs: CostModel, extent: Vec3 | None,
             fitted_any = False
             for patch in new:
                 for batch in batches:
+                    if extent is not None and batch > patches_needed(extent, patch):
+                        break  # a batch of patches the volume does not have: pure padding
                     seen.add((patch, batch))
-                    plan = _costed_plan(net, patch, batch, max_filtered, budget, costs)
+                    plan = _costed_plan(net, patch, batch, max_filtered, budget, costs, extent)
                     if plan is None:
                         if batch == 1 and max_filtered == 0 and len(too_big) < 2:
                             lean = _leanest(net, patch)
@@ -190,7 +192,7 @@ def _search(net: Network, budget: int, costs: CostModel, extent: Vec3 | None,
                     found.append(plan)
             if not fitted_any:
                 break
-    found.sort(key=lambda p: -(p.predicted_throughput or 0))
+    found.sort(key=lambda p: -(p.predicted_volume_throughput or 0))
     return found, too_big
 
 
@@ -274,8 +276,8 @@ def _tune(net: Network, budget: int, dev: Device, records: TuningRecords, effort
         measured = [p for p in found if _measured(p)]
         pending = [p for p in found if not _measured(p)]
         if not pending or len(measured) >= wanted or rounds == 0 or (
-                measured and (pending[0].predicted_throughput or 0)
-                < (1 - MEASURE_MARGIN) * (measured[0].predicted_throughput or 0)):
+                measured and (pending[0].predicted_volume_throughput or 0)
+                < (1 - MEASURE_MARGIN) * (measured[0].predicted_volume_throughput or 0)):
             break
         measure_layers(net, pending[0], costs, records, effort, dev.threads)
         rounds -= 1
@@ -304,7 +306,7 @@ def _distinct(plans: list[Plan], best: Plan) -> list[Plan]:
 
 
 def _as_alternative(p: Plan, best: Plan) -> Alternative:
-    ratio = (p.predicted_throughput or 0) / (best.predicted_throughput or 1)
+    ratio = (p.predicted_volume_throughput or 0) / (best.predicted_volume_throughput or 1)
     mode = (f"the last {p.max_filtered} pool(s) as max filters: " if p.max_filtered
             else "all pools as fragments: " if best.max_filtered else "")
     return Alternative(p.output_patch, p.batch, tuple(lp.primitive for lp in p.layers),
