@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -143,6 +144,12 @@ def _device_dict() -> dict:
     (lambda d: d.update(threads="two"), "'threads' must be a positive number"),
     (lambda d: d.update(version=7), "not a znni device description"),
     (lambda d: d.update(kind="tpu"), "kind 'tpu' is not supported"),
+    (lambda d: d.update(corrections={"warp-drive": [[8, 1.0]]}), "unknown primitive 'warp-drive'"),
+    (lambda d: d.update(corrections={"direct": [[8, 0]]}), "'direct' must be a list of"),
+    (lambda d: d.update(corrections={"direct": 1.5}), "'direct' must be a list of"),
+    (lambda d: d.update(corrections={"direct": [[8, 1], [8, 2]]}), "repeats an image size"),
+    (lambda d: d.update(corrections=[1.0]), "'corrections' must be an object"),
+    (lambda d: d.update(fresh_bandwidth="fast"), "'fresh_bandwidth' must be a positive"),
 ])
 def test_bad_device_descriptions(tmp_path, edit, match) -> None:
     data = _device_dict()
@@ -258,12 +265,42 @@ def test_torch_dense_forms_equal_the_reference(name: str, form: str, channels_la
     assert relative_error(out, forward(net, volume)) < 1e-4
 
 
-def test_calibration_measures_positive_rates() -> None:
+def test_calibration_measures_rates_and_fits_every_primitive() -> None:
     from znni.planner.calibrate import calibrate
+    from znni.primitives import PRIMITIVES
 
     device = calibrate(1)
     assert device.threads == 1 and device.memory_bytes > 0
     for rate in (device.peak_flops, device.direct_flops, device.mac_flops, device.fft_flops,
-                 device.bandwidth):
+                 device.bandwidth, device.fresh_bandwidth):
         assert rate > 0 and np.isfinite(rate)
     assert device.direct_flops < 1.5 * device.peak_flops
+    fitted = dict(device.corrections)
+    assert set(fitted) == set(PRIMITIVES)  # every CPU primitive the planner can pick
+    assert all(0 < c < 100 for points in fitted.values() for _, c in points)
+    assert len(fitted["fft-pruned"]) == 2  # FFT corrections follow the image size
+    again = Device.from_dict(json.loads(device.to_json()))
+    assert again == device and again.correction("direct", 10**6) == fitted["direct"][0][1]
+
+
+def test_corrections_interpolate_in_log_image_size() -> None:
+    device = replace(Device.load(DEVICE), corrections=(("fft-pruned", ((1000, 2.0),
+                                                                        (8000, 1.0))),))
+    assert device.correction("fft-pruned", 10) == 2.0       # below: the nearest point
+    assert device.correction("fft-pruned", 10**6) == 1.0    # above: the nearest point
+    assert device.correction("fft-pruned", 2828) == pytest.approx(2 ** 0.5, rel=1e-3)
+    assert device.correction("direct", 5000) == 1.0         # absent: no correction
+
+
+def test_device_corrections_scale_the_model() -> None:
+    """A calibrated correction multiplies the model's estimate of that primitive only."""
+    net = znni.load("n337")
+    base = Device.load(DEVICE)
+    slow_fft = replace(base, corrections=(("fft-pruned", ((1, 3.0),)),))
+    lp_base = plan(net, 2 * GIB, device=base, extent=(64, 64, 64))
+    lp_slow = plan(net, 2 * GIB, device=slow_fft, extent=(64, 64, 64))
+    assert all(lp.primitive != "fft-pruned" or lp.cost == "model" for lp in lp_slow.layers)
+    fft_base = sum(lp.primitive == "fft-pruned" for lp in lp_base.layers)
+    fft_slow = sum(lp.primitive == "fft-pruned" for lp in lp_slow.layers)
+    assert fft_slow <= fft_base
+    assert (lp_slow.predicted_throughput or 0) <= (lp_base.predicted_throughput or 0)

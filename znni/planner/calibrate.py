@@ -8,17 +8,22 @@ the probe kernels are compiled (they are cached like every kernel).
 
 from __future__ import annotations
 
+import logging
+import math
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import psutil
 
 from ..codegen.loader import default_toolchain, load_kernel
 from ..fft.pruned import SpectralShape, forward_unpruned
-from ..spec import Conv
+from ..spec import Conv, Pool
 from .device import Device, cpu_model
+
+log = logging.getLogger("znni")
 
 _PEAK_SOURCE = """
 #include "znni_abi.h"
@@ -133,11 +138,90 @@ def bandwidth(threads: int) -> float:
     return 2 * a.nbytes / median_seconds(lambda: np.copyto(b, a), 3)
 
 
+def fresh_bandwidth() -> float:
+    """Bytes/s written to memory just allocated (page faults, zeroing by the OS), as every
+    layer's output and scratch tensors are: a buffer too large for malloc to recycle."""
+    size = 1 << 27  # 128 MiB
+    return size / median_seconds(lambda: np.empty(size, np.uint8).fill(1), 5)
+
+
+Probe = tuple[Conv | Pool, tuple[int, int, int, int, int]]
+#: Probe layers per primitive, (layer, input shape), whose real kernels fit the model's
+#: corrections. Small enough that the whole calibration stays well under 30 s from an empty
+#: cache, but out of cache and shaped like the layers plans run: FFT layers as MPF makes them
+#: (many samples of small images late, few of large images early; 64 maps), so that the
+#: correction follows the image size — small transforms pay per-transform overheads the
+#: FLOP model misses. Direct and pools: one factor from a memory-bound and a compute-bound
+#: probe.
+_FFT_PROBES: tuple[Probe, ...] = ((Conv(64, 64, (5, 5, 5), "relu"), (32, 64, 18, 18, 18)),
+                                  (Conv(64, 64, (5, 5, 5), "relu"), (2, 64, 44, 44, 44)))
+PROBES: dict[str, tuple[Probe, ...]] = {
+    "direct": ((Conv(1, 24, (3, 3, 3), "relu"), (1, 1, 96, 96, 96)),
+               (Conv(32, 32, (3, 3, 3), "relu"), (8, 32, 22, 22, 22))),
+    "fft-pruned": _FFT_PROBES,
+    "fft-pruned-data": _FFT_PROBES,
+    "fft-pruned-lean": _FFT_PROBES,
+    "mpf": ((Pool(16, (2, 2, 2)), (4, 16, 63, 63, 63)),),
+    "maxfilter": ((Pool(16, (2, 2, 2), max_filter=True), (4, 16, 63, 63, 63)),),
+}
+#: Primitives fitted per image size (the others get one factor for every size).
+SIZED = ("fft-pruned", "fft-pruned-data", "fft-pruned-lean")
+#: Primitives that take another's correction (same code, other transforms or schedule).
+SHARED_CORRECTIONS = {"fft": "fft-pruned", "fft-data": "fft-pruned-data"}
+Corrections = tuple[tuple[str, tuple[tuple[int, float], ...]], ...]
+
+
+def corrections(device: Device) -> Corrections:
+    """Per primitive, measured ÷ modelled seconds on its probes (median of 3 runs after a
+    warm-up; every probe's kernels compiled first, in parallel): per probe image size for
+    SIZED primitives, else their geometric mean."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..primitives import PRIMITIVES
+
+    rng = np.random.default_rng(0)
+    jobs = [(name, layer, shape) for name, probes in PROBES.items() for layer, shape in probes]
+
+    def prepare(job: tuple[str, Conv | Pool, tuple[int, int, int, int, int]]) -> object:
+        name, layer, shape = job
+        weights = None
+        if isinstance(layer, Conv):
+            weights = (rng.standard_normal((layer.out_channels, layer.in_channels,
+                                            *layer.kernel), dtype=np.float32) * 0.05,
+                       np.zeros(layer.out_channels, np.float32))
+        return PRIMITIVES[name].prepare(0, layer, shape, weights, device.threads)
+
+    with ThreadPoolExecutor(max_workers=max(1, device.threads)) as pool:
+        steps = list(pool.map(prepare, jobs))  # g++ runs outside the GIL
+    points: dict[str, list[tuple[int, float]]] = {}
+    for (name, layer, shape), step in zip(jobs, steps):
+        x = rng.random(shape, dtype=np.float32)
+        seconds = median_seconds(lambda: step.run(x, 0), 3)  # type: ignore[attr-defined]
+        model = PRIMITIVES[name].estimate(layer, shape, device)
+        points.setdefault(name, []).append((math.prod(shape[2:]), seconds / model))
+    found = {}
+    for name, measured in points.items():
+        if name not in SIZED:
+            factor = math.exp(statistics.fmean(math.log(r) for _, r in measured))
+            measured = [(measured[0][0], factor)]
+        found[name] = tuple(sorted(measured))
+    for name, source in SHARED_CORRECTIONS.items():
+        found[name] = found[source]
+    return tuple(sorted(found.items()))
+
+
 def calibrate(threads: int) -> Device:
-    """Measure every rate of this machine for ``threads`` threads."""
-    return Device(
+    """Measure every rate of this machine for ``threads`` threads, then fit the model's
+    per-primitive corrections on the real kernels."""
+    start = time.perf_counter()
+    rates = Device(
         name=f"{cpu_model()} ({threads} threads)", threads=threads,
         memory_bytes=int(psutil.virtual_memory().total),
         peak_flops=peak_flops(threads), direct_flops=direct_flops(threads),
         mac_flops=mac_flops(threads), fft_flops=fft_flops(threads),
-        bandwidth=bandwidth(threads))
+        bandwidth=bandwidth(threads), fresh_bandwidth=fresh_bandwidth())
+    device = replace(rates, corrections=corrections(rates))
+    log.info("calibrated %s in %.1f s: %s", device.name, time.perf_counter() - start,
+             "; ".join(f"{name} " + " ".join(f"×{c:.2f}" for _, c in points)
+                       for name, points in device.corrections))
+    return device

@@ -35,6 +35,15 @@ class Device:
     - ``mac_flops``: the spectral MAC on spectra resident in cache.
     - ``fft_flops``: FFTW batched 3D r2c transforms, at 2.5·N·log2 N FLOPs per transform.
     - ``bandwidth``: a large array copy (read + write bytes per second).
+    - ``fresh_bandwidth``: bytes per second written to freshly allocated memory (the first
+      touch of a page faults and the OS zeroes it: every layer's output and scratch is fresh,
+      and on some VMs that is 3–10× slower than writing mapped memory). Optional in a
+      hand-written description: a quarter of ``bandwidth``.
+    - ``corrections``: per primitive, measured ÷ modelled seconds of the real kernels on the
+      calibration's probe layers (what the model's rates do not capture: FFTW's speed on
+      these sizes, conversions, Python between stages), as ``(image voxels, factor)`` points:
+      between two points the factor is interpolated in log image size, beyond them the
+      nearest is used; 1 where absent.
     - ``gpu``: for ``kind`` "gpu", the card (the rates above are then its host's).
     """
 
@@ -46,13 +55,37 @@ class Device:
     mac_flops: float
     fft_flops: float
     bandwidth: float
+    fresh_bandwidth: float = 0.0  # 0: not given (see fresh_rate)
+    corrections: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()
     kind: str = "cpu"
     gpu: GpuSpec | None = None
+
+    @property
+    def fresh_rate(self) -> float:
+        """``fresh_bandwidth``, or a quarter of ``bandwidth`` where a description lacks it."""
+        return self.fresh_bandwidth or self.bandwidth / 4
+
+    def correction(self, primitive: str, image_voxels: int) -> float:
+        """The calibrated factor for ``primitive`` on images of ``image_voxels`` voxels."""
+        points = dict(self.corrections).get(primitive)
+        if not points:
+            return 1.0
+        if image_voxels <= points[0][0]:
+            return points[0][1]
+        for (v0, c0), (v1, c1) in zip(points, points[1:]):
+            if image_voxels <= v1:
+                t = math.log(image_voxels / v0) / math.log(v1 / v0)
+                return math.exp((1 - t) * math.log(c0) + t * math.log(c1))
+        return points[-1][1]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if self.gpu is None:
             del data["gpu"]
+        if not self.fresh_bandwidth:
+            del data["fresh_bandwidth"]
+        data["corrections"] = {name: [list(p) for p in points]
+                               for name, points in self.corrections}
         return {"version": DEVICE_VERSION, **data}
 
     def to_json(self) -> str:
@@ -66,10 +99,10 @@ class Device:
                             "start from `znni plan --show-device --json` or the bundled examples")
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name == "gpu":
-                continue  # parsed below, for kind "gpu"
+            if f.name in ("gpu", "corrections"):
+                continue  # parsed below
             if f.name not in data:
-                if f.name == "kind":
+                if f.name in ("kind", "fresh_bandwidth"):
                     continue
                 raise PlanError(f"{source}: missing {f.name!r}", "add it (see DESIGN §7)")
             value = data[f.name]
@@ -88,6 +121,7 @@ class Device:
             values["gpu"] = GpuSpec.from_dict(data.get("gpu"), source)
         values["threads"] = int(values["threads"])
         values["memory_bytes"] = int(values["memory_bytes"])
+        values["corrections"] = _corrections(data.get("corrections", {}), source)
         return cls(**values)
 
     @classmethod
@@ -105,6 +139,35 @@ class Device:
             raise PlanError(f"device description {str(p)!r} is not valid JSON: {exc.msg} at line "
                             f"{exc.lineno}", "fix the file") from None
         return cls.from_dict(data, str(p))
+
+
+def _positive(value: Any) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value) and value > 0)
+
+
+def _corrections(data: Any, source: str) -> tuple[tuple[str, tuple[tuple[int, float], ...]],
+                                                     ...]:
+    from ..primitives import PRIMITIVES
+
+    if not isinstance(data, Mapping):
+        raise PlanError(f"{source}: 'corrections' must be an object", "fix the file")
+    out = []
+    for name, points in sorted(data.items()):
+        if name not in PRIMITIVES:
+            raise PlanError(f"{source}: correction for unknown primitive {name!r}",
+                            f"use one of {', '.join(PRIMITIVES)}")
+        if (not isinstance(points, list) or not points
+                or any(not isinstance(p, list) or len(p) != 2 or not all(map(_positive, p))
+                       for p in points)):
+            raise PlanError(f"{source}: correction {name!r} must be a list of [image voxels, "
+                            f"positive factor] points, got {points!r}", "fix the file")
+        ordered = sorted((int(v), float(c)) for v, c in points)
+        if len({v for v, _ in ordered}) != len(ordered):
+            raise PlanError(f"{source}: correction {name!r} repeats an image size",
+                            "give each size once")
+        out.append((name, tuple(ordered)))
+    return tuple(out)
 
 
 def bundled_devices() -> dict[str, Path]:
@@ -125,8 +188,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: Bumped whenever what calibration measures changes: older cached descriptions are re-measured.
+CALIBRATION_VERSION = 2
+
+
 def _cache_path(threads: int) -> Path:
-    key = hashlib.sha256(f"{cpu_model()}|{threads}|{__version__}|{config.cxxflags()}".encode())
+    key = hashlib.sha256(f"{cpu_model()}|{threads}|{__version__}|{CALIBRATION_VERSION}|"
+                         f"{config.cxxflags()}".encode())
     return config.cache_dir() / "devices" / f"{key.hexdigest()[:16]}.json"
 
 

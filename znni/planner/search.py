@@ -73,7 +73,11 @@ class CostModel:
             if record is not None:
                 return record.seconds, "measured"
         estimate = PRIMITIVES[name].estimate(layer, shape, self.device)
-        return estimate * self.corrections.get(name, 1.0), "model"
+        # Records of real layers on this machine correct the raw model better than the
+        # calibration's probe layers do (both are measured ÷ raw model: never multiply them).
+        correction = self.corrections.get(name) or self.device.correction(
+            name, math.prod(shape[2:]))
+        return estimate * correction, "model"
 
 
 def _timed_shape(lp: LayerPlan, layer: Layer) -> Shape5:

@@ -156,11 +156,14 @@ class DirectConv:
 
     def estimate(self, layer: Layer, shape_in: Shape5, device: Device) -> float:
         """Seconds: computed lanes at the calibrated direct rate, or streaming the input and
-        output once at the memory bandwidth, whichever is slower (first layers, f = 1)."""
+        output once at the memory bandwidth, whichever is slower (first layers, f = 1), plus
+        the first touch of the fresh output tensor."""
         assert isinstance(layer, Conv)
         compute = self.flops(layer, shape_in) / useful_fraction(layer, shape_in)
-        traffic = tensor_bytes(shape_in) + tensor_bytes(conv_output_shape(layer, shape_in))
-        return max(compute / device.direct_flops, traffic / device.bandwidth)
+        out = tensor_bytes(conv_output_shape(layer, shape_in))
+        traffic = tensor_bytes(shape_in) + out
+        return (max(compute / device.direct_flops, traffic / device.bandwidth)
+                + out / device.fresh_rate)
 
     def memory(self, layer: Layer, shape_in: Shape5) -> Memory:
         assert isinstance(layer, Conv)

@@ -412,7 +412,26 @@ class FftConv:
         mac = max(8 * pairs * g.nfp / device.mac_flops, traffic / device.bandwidth)
         streaming = (16 * g.nfp * (s * f + 2 * s * fo)  # to/from planar, zero fills
                      + 3 * tensor_bytes(out))           # crop copy, bias, activation
-        return transforms + mac + streaming / device.bandwidth
+        return (transforms + mac + streaming / device.bandwidth
+                + self._fresh_bytes(layer, shape_in, g) / device.fresh_rate)
+
+    def _fresh_bytes(self, layer: Conv, shape_in: Shape5, g: FftGeometry) -> int:
+        """Bytes :meth:`FftStep.run` allocates and first touches: the output tensor, and per
+        pass of samples the input spectra (complex + tiled planar), the kernel buffers (for
+        the fused MAC the x/y passes' buffers once per block), and per output chunk its
+        planar and complex spectra."""
+        s, f, fo, k = g.samples, shape_in[1], layer.out_channels, layer.kernel
+        ntilde, c8 = g.spectral.complex_elements, 8
+        pairs = g.out_chunk * g.in_block
+        blocks = -(-fo // g.out_chunk) * -(-f // g.in_block)
+        if g.fused:
+            kernels = (c8 * pairs * k[0] * g.tiles_per_plane * g.tile
+                       + blocks * xy_pass_bytes(pairs, k, g.spectral))
+        else:
+            kernels = c8 * pairs * (ntilde + g.nfp)
+        per_pass = (c8 * s * f * (ntilde + g.nfp) + kernels
+                    + -(-fo // g.out_chunk) * c8 * s * g.out_chunk * (g.nfp + ntilde))
+        return tensor_bytes(conv_output_shape(layer, shape_in)) + -(-shape_in[0] // s) * per_pass
 
     def memory(self, layer: Layer, shape_in: Shape5) -> Memory:
         """Exact buffer accounting of :meth:`FftStep.run` (the input is held by the caller).

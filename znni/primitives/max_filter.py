@@ -50,11 +50,12 @@ class MaxFilter:
         return int(np.prod(shape_in)) * sum(p - 1 for p in layer.window)
 
     def estimate(self, layer: Layer, shape_in: Shape5, device: Device) -> float:
-        """Seconds: each input plane is read once per z tap, the output written once."""
+        """Seconds: each input plane is read once per z tap, the output written once (to a
+        fresh tensor)."""
         assert isinstance(layer, Pool)
-        traffic = (layer.window[0] * tensor_bytes(shape_in)
-                   + tensor_bytes(max_filter_output_shape(layer, shape_in)))
-        return traffic / device.bandwidth
+        out = tensor_bytes(max_filter_output_shape(layer, shape_in))
+        return ((layer.window[0] * tensor_bytes(shape_in) + out) / device.bandwidth
+                + out / device.fresh_rate)
 
     def memory(self, layer: Layer, shape_in: Shape5) -> Memory:
         assert isinstance(layer, Pool)

@@ -69,10 +69,11 @@ class MaxPoolFragments:
         return int(np.prod(shape_in)) * sum(p - 1 for p in layer.window)
 
     def estimate(self, layer: Layer, shape_in: Shape5, device: Device) -> float:
-        """Seconds: one streaming pass, input read and output written at memory bandwidth."""
+        """Seconds: one streaming pass, input read and output written at memory bandwidth,
+        plus the first touch of the fresh output tensor."""
         assert isinstance(layer, Pool)
-        traffic = tensor_bytes(shape_in) + tensor_bytes(mpf_output_shape(layer, shape_in))
-        return traffic / device.bandwidth
+        out = tensor_bytes(mpf_output_shape(layer, shape_in))
+        return (tensor_bytes(shape_in) + out) / device.bandwidth + out / device.fresh_rate
 
     def memory(self, layer: Layer, shape_in: Shape5) -> Memory:
         assert isinstance(layer, Pool)
