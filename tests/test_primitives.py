@@ -65,6 +65,31 @@ def test_direct_conv_single_thread_equals_multi_thread(rng) -> None:
     np.testing.assert_array_equal(run_direct(layer, x, w, b, 1), run_direct(layer, x, w, b, 2))
 
 
+@pytest.mark.parametrize("batch,fi,fo,shape,act", [
+    (2, 3, 5, (5, 6, 7), "relu"),       # odd sizes: last tiles half outside
+    (1, 16, 17, (7, 7, 7), "linear"),   # output maps not a multiple of the block
+    (3, 4, 30, (3, 3, 3), "tanh"),      # one output voxel
+    (2, 8, 3, (4, 9, 12), "sigmoid"),
+    (1, 1, 80, (20, 11, 9), "relu"),    # a first layer: one input map, many tasks
+    (1, 80, 80, (8, 8, 8), "relu"),     # n337's late layers, 80 maps
+])
+def test_winograd_conv_matches_numpy(batch, fi, fo, shape, act, rng) -> None:
+    layer = Conv(fi, fo, (3, 3, 3), act)
+    x, w, b = random_layer_data(rng, batch, fi, fo, (3, 3, 3), shape)
+    step = PRIMITIVES["winograd"].prepare(0, layer, x.shape, (w, b), 2)
+    buf = padded_empty(x.shape, step.input_slack)
+    buf[...] = x
+    buf.base[x.size:] = np.nan  # what lies past the input never reaches a kept output
+    assert relative_error(step.run(buf, 0), conv_reference(x, w, b, act)) < 1e-5
+
+
+def test_winograd_runs_only_undilated_3x3x3() -> None:
+    wino = PRIMITIVES["winograd"]
+    assert wino.supports(Conv(4, 4, (3, 3, 3), "relu"))
+    assert not wino.supports(Conv(4, 4, (3, 3, 1), "relu"))
+    assert not wino.supports(Conv(4, 4, (3, 3, 3), "relu", dilation=(2, 2, 2)))
+
+
 def mpf_numpy(x: np.ndarray, window: tuple[int, int, int]) -> np.ndarray:
     """Fragments by definition: for each offset, strided max pooling starting there."""
     s, c, *n = x.shape

@@ -115,10 +115,11 @@ _common: list[Callable[[Any], Any]] = [
     click.option("--threads", type=int, default=None, help="Threads (default: usable cores)."),
     click.option("--primitive", default="auto", show_default=True,
                  type=click.Choice(["auto", "direct", "fft", "fft-pruned", "fft-data",
-                                    "fft-pruned-data", "fft-pruned-lean"]),
+                                    "fft-pruned-data", "fft-pruned-lean", "winograd"]),
                  help="Convolution primitive for every conv layer; auto: the planner's choice "
                  "per layer (with --patch: pruned FFT for kernels ≥ 100 taps with ≥ 16 input "
-                 "and output maps on images ≥ 16³, direct otherwise)."),
+                 "and output maps on images ≥ 16³, Winograd for 3³ kernels with ≥ 16 maps, "
+                 "direct otherwise)."),
 ]
 
 

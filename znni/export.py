@@ -40,7 +40,7 @@ from .spec import Conv, Network, Pool
 EXPORT_VERSION = 1
 #: The weights file starts with these 8 bytes, then the float count (int64), then the floats.
 WEIGHTS_MAGIC = b"ZNNIWTS1"
-_DIRECT_LIKE = ("direct", "fft")  # primitive name prefixes exported as the direct kernel
+_DIRECT_LIKE = ("direct", "fft", "winograd")  # primitives exported as the direct kernel
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,8 @@ def export_plan(plan: Plan, net: Network, directory: str | os.PathLike,
         if isinstance(layer, Conv):
             if not lp.primitive.startswith(_DIRECT_LIKE):
                 raise PlanError(f"layer {lp.index}: primitive {lp.primitive!r} cannot be "
-                                "exported", "plan with CPU primitives (direct, fft*)")
-            if fftw and lp.primitive != "direct":
+                                "exported", "plan with CPU primitives (direct, winograd, fft*)")
+            if fftw and lp.primitive.startswith("fft"):
                 source = fftw_conv_source(layer, lp.input_shape)
                 w, b = fftw_weights(*weights[lp.index])
                 fftw_layers += 1

@@ -141,7 +141,7 @@ def bandwidth(threads: int) -> float:
 def fresh_bandwidth() -> float:
     """Bytes/s written to memory just allocated (page faults, zeroing by the OS), as every
     layer's output and scratch tensors are: a buffer too large for malloc to recycle."""
-    size = 1 << 27  # 128 MiB
+    size = 1 << 28  # 256 MiB
     return size / median_seconds(lambda: np.empty(size, np.uint8).fill(1), 5)
 
 
@@ -151,16 +151,19 @@ Probe = tuple[Conv | Pool, tuple[int, int, int, int, int]]
 #: cache, but out of cache and shaped like the layers plans run: FFT layers as MPF makes them
 #: (many samples of small images late, few of large images early; 64 maps), so that the
 #: correction follows the image size — small transforms pay per-transform overheads the
-#: FLOP model misses. Direct and pools: one factor from a memory-bound and a compute-bound
-#: probe.
-_FFT_PROBES: tuple[Probe, ...] = ((Conv(64, 64, (5, 5, 5), "relu"), (32, 64, 18, 18, 18)),
-                                  (Conv(64, 64, (5, 5, 5), "relu"), (2, 64, 44, 44, 44)))
+#: FLOP model misses. Direct, Winograd and pools: one factor each.
+_FFT_LAYER = Conv(64, 64, (5, 5, 5), "relu")
+_SMALL, _MID, _LARGE = (32, 64, 18, 18, 18), (2, 64, 44, 44, 44), (1, 64, 68, 68, 68)
 PROBES: dict[str, tuple[Probe, ...]] = {
     "direct": ((Conv(1, 24, (3, 3, 3), "relu"), (1, 1, 96, 96, 96)),
                (Conv(32, 32, (3, 3, 3), "relu"), (8, 32, 22, 22, 22))),
-    "fft-pruned": _FFT_PROBES,
-    "fft-pruned-data": _FFT_PROBES,
-    "fft-pruned-lean": _FFT_PROBES,
+    # the task-parallel schedule runs late layers (small images); data-parallel and lean the
+    # large early ones that tight budgets leave little room for
+    "fft-pruned": ((_FFT_LAYER, _SMALL), (_FFT_LAYER, _MID)),
+    "fft-pruned-data": ((_FFT_LAYER, _MID), (_FFT_LAYER, _LARGE)),
+    "fft-pruned-lean": ((_FFT_LAYER, _MID), (_FFT_LAYER, _LARGE)),
+    "winograd": ((Conv(32, 32, (3, 3, 3), "relu"), (8, 32, 22, 22, 22)),
+                 (Conv(64, 64, (3, 3, 3), "relu"), (1, 64, 48, 48, 48))),
     "mpf": ((Pool(16, (2, 2, 2)), (4, 16, 63, 63, 63)),),
     "maxfilter": ((Pool(16, (2, 2, 2), max_filter=True), (4, 16, 63, 63, 63)),),
 }

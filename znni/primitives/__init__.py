@@ -6,11 +6,13 @@ from .direct import DirectConv
 from .fft import FftConv
 from .max_filter import MaxFilter
 from .mpf import MaxPoolFragments
+from .winograd import WinogradConv
 
 PRIMITIVES: dict[str, Primitive] = {p.name: p for p in (
-    DirectConv(), MaxPoolFragments(), MaxFilter(),
+    DirectConv(), WinogradConv(), MaxPoolFragments(), MaxFilter(),
     FftConv(pruned=True, task_parallel=True), FftConv(pruned=False, task_parallel=True),
     FftConv(pruned=True, task_parallel=False), FftConv(pruned=False, task_parallel=False),
     FftConv(pruned=True, task_parallel=False, lean=True))}
 
-__all__ = ["PRIMITIVES", "DirectConv", "MaxFilter", "MaxPoolFragments", "Memory", "Primitive", "Step"]
+__all__ = ["PRIMITIVES", "DirectConv", "MaxFilter", "MaxPoolFragments", "Memory", "Primitive", "Step",
+           "WinogradConv"]
