@@ -16,8 +16,10 @@ import os as _os
 from typing import Any as _Any
 
 # Kernels' OpenMP threads must not spin between calls: on 2 cores libgomp's default busy-wait
-# after each parallel region starved FFTW's own threads in FFT convolution (2–5× slower, measured
-# in bench/fft_pruned.py). Must be set before libgomp loads with the first kernel.
+# after each parallel region starved any other thread that needed the core (FFTW's own threads,
+# when FFT passes still used them: 2–5× slower, bench/fft_pruned.py; Dask workers and PyTorch
+# beside znni today). Every parallel region is large now (a layer, or a whole FFT pass), so
+# waking sleeping threads costs < 1 % of a layer. Must be set before libgomp loads.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .errors import ZnniError

@@ -8,6 +8,7 @@ thread count and znni version) or written by hand for a machine you are not on
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -72,7 +73,7 @@ class Device:
             return 1.0
         if image_voxels <= points[0][0]:
             return points[0][1]
-        for (v0, c0), (v1, c1) in zip(points, points[1:]):
+        for (v0, c0), (v1, c1) in itertools.pairwise(points):
             if image_voxels <= v1:
                 t = math.log(image_voxels / v0) / math.log(v1 / v0)
                 return math.exp((1 - t) * math.log(c0) + t * math.log(c1))

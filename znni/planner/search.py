@@ -40,6 +40,13 @@ MEASURE_MARGIN = 0.1
 MEASURE_WITHIN = 1.25
 #: Fraction of the available RAM the default budget takes (the rest: volumes, Python, libs).
 DEFAULT_BUDGET_FRACTION = 0.8
+#: FFT schedules that exist to save memory (ZNNi's data-parallel algorithm): the planner takes
+#: them only for layers where no task-parallel FFT way fits. Where both fit, their modelled
+#: advantage was never real: untuned plans that picked them ran 1.3–1.6× slower than
+#: predicted (their cost grows with the samples and image size faster than the model's), while
+#: plans on task-parallel FFT, direct and Winograd held within 10 % (bench/prediction.py).
+MEMORY_FALLBACKS = ("fft-pruned-data", "fft-data", "fft-pruned-lean")
+TASK_PARALLEL_FFT = ("fft-pruned", "fft")
 
 
 class CostModel:
@@ -125,6 +132,8 @@ def _costed_plan(net: Network, patch: Vec3, batch: int, max_filtered: int, budge
         fitting = [o for o in per_layer if o.working_bytes <= room]
         if not fitting:
             return None
+        if any(o.primitive in TASK_PARALLEL_FFT for o in fitting):
+            fitting = [o for o in fitting if o.primitive not in MEMORY_FALLBACKS]
         chosen.append(min(fitting, key=lambda o: o.seconds))  # type: ignore[arg-type,return-value]
     return replace(_plan_of(net, patch, batch, chosen), layers=tuple(chosen), extent=extent)
 

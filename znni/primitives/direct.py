@@ -120,21 +120,22 @@ def direct_source(layer: Conv, shape_in: Shape5, vector_width: int) -> str:
     })
 
 
-class DirectStep:
-    """A compiled direct conv for one input shape (any batch size)."""
+class ConvStep:
+    """A compiled conv kernel (direct or Winograd) for one input shape (any batch size), with
+    its weights already packed the way that kernel reads them."""
 
     def __init__(self, module: KernelModule, layer: Conv, shape_in: Shape5,
-                 weights: tuple[np.ndarray, np.ndarray], ob: int, threads: int) -> None:
+                 packed: tuple[np.ndarray, np.ndarray], threads: int) -> None:
         self.module = module
         self.layer = layer
         self.shape_in = shape_in
-        self.weights, self.bias = pack_weights(*weights, ob)
+        self.weights, self.bias = packed
         self.threads = threads
         self.input_slack = module.input_slack
 
     def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
         if x.shape[1:] != self.shape_in[1:]:
-            raise ValueError(f"direct conv compiled for {self.shape_in[1:]}, got {x.shape[1:]}")
+            raise ValueError(f"conv compiled for {self.shape_in[1:]}, got {x.shape[1:]}")
         out = padded_empty(conv_output_shape(self.layer, (x.shape[0], *self.shape_in[1:])),
                            out_slack)
         self.module.forward(x, out, self.threads, self.weights, self.bias)
@@ -172,7 +173,7 @@ class DirectConv:
                       working=tensor_bytes(shape_in) + tensor_bytes(conv_output_shape(layer, shape_in)))
 
     def prepare(self, index: int, layer: Layer, shape_in: Shape5,
-                weights: tuple[np.ndarray, np.ndarray] | None, threads: int) -> DirectStep:
+                weights: tuple[np.ndarray, np.ndarray] | None, threads: int) -> ConvStep:
         assert isinstance(layer, Conv) and weights is not None
         toolchain = default_toolchain()
         vw = toolchain.vector_width
@@ -181,4 +182,4 @@ class DirectConv:
         label = (f"layer {index} (direct {layer.in_channels}->{layer.out_channels}, "
                  f"k {'x'.join(map(str, layer.kernel))}, n {'x'.join(map(str, shape_in[2:]))})")
         module = load_kernel(source, label, toolchain)
-        return DirectStep(module, layer, shape_in, weights, block.ob, threads)
+        return ConvStep(module, layer, shape_in, pack_weights(*weights, block.ob), threads)

@@ -60,6 +60,8 @@ DATA_PARALLEL_CHUNK = 4
 LEAN_PASS_FRACTION = 0.25
 #: L2 bytes for one MAC task's output tile plus one L1 block of its input tile.
 MAC_TILE_BYTES = 1 << 20
+#: The data-parallel MAC streams spectra at 1/MAC_STREAM_PENALTY of the copy bandwidth.
+MAC_STREAM_PENALTY = 3
 
 _ACTIVATIONS = {
     "relu": lambda v: np.maximum(v, 0, out=v),
@@ -409,7 +411,14 @@ class FftConv:
                       / device.fft_flops + passes * f * fo * kernel_dft / device.mac_flops)
         traffic = (8 * g.nfp * (pairs / g.out_chunk + 2 * pairs / g.in_block)
                    + passes * f * fo * kernel_bytes)
-        mac = max(8 * pairs * g.nfp / device.mac_flops, traffic / device.bandwidth)
+        compute = 8 * pairs * g.nfp / device.mac_flops
+        if self.task_parallel and not self.lean:  # traffic overlaps the arithmetic (measured)
+            mac = max(compute, traffic / device.bandwidth)
+        else:
+            # The data-parallel schedules' every output chunk re-reads all input spectra, and
+            # that stream does not overlap: measured (S = 16, 80 maps, 50³) compute + traffic
+            # at a third of the copy bandwidth; S = 2 (little traffic) matched compute alone.
+            mac = compute + MAC_STREAM_PENALTY * traffic / device.bandwidth
         streaming = (16 * g.nfp * (s * f + 2 * s * fo)  # to/from planar, zero fills
                      + 3 * tensor_bytes(out))           # crop copy, bias, activation
         return (transforms + mac + streaming / device.bandwidth

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..codegen.loader import KernelModule, default_toolchain, load_kernel
+from ..codegen.loader import default_toolchain, load_kernel
 from ..codegen.render import render
 from ..spec import Conv, Layer, Shape5
-from .base import FLOAT_BYTES, Memory, padded_empty, tensor_bytes
-from .direct import conv_context, conv_output_shape
+from .base import FLOAT_BYTES, Memory, tensor_bytes
+from .direct import ConvStep, conv_context, conv_output_shape
 
 if TYPE_CHECKING:
     from ..planner.device import Device
@@ -75,27 +75,6 @@ def winograd_source(layer: Conv, shape_in: Shape5, vector_width: int) -> str:
                                            "xv": block.xv, "ob": block.ob})
 
 
-class WinogradStep:
-    """A compiled Winograd conv for one input shape (any batch size)."""
-
-    def __init__(self, module: KernelModule, layer: Conv, shape_in: Shape5,
-                 weights: tuple[np.ndarray, np.ndarray], ob: int, threads: int) -> None:
-        self.module = module
-        self.layer = layer
-        self.shape_in = shape_in
-        self.weights, self.bias = transform_weights(*weights, ob)
-        self.threads = threads
-        self.input_slack = module.input_slack
-
-    def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
-        if x.shape[1:] != self.shape_in[1:]:
-            raise ValueError(f"Winograd conv compiled for {self.shape_in[1:]}, got {x.shape[1:]}")
-        out = padded_empty(conv_output_shape(self.layer, (x.shape[0], *self.shape_in[1:])),
-                           out_slack)
-        self.module.forward(x, out, self.threads, self.weights, self.bias)
-        return out
-
-
 class WinogradConv:
     """Primitive ``winograd``: 3×3×3 undilated convs; 64 multiply-adds per 2³-output tile and
     map pair (computed lanes: whole tasks of V·2 tiles, output maps padded to the block)."""
@@ -146,7 +125,7 @@ class WinogradConv:
                           layer, shape_in)) + 16 * per_thread)
 
     def prepare(self, index: int, layer: Layer, shape_in: Shape5,
-                weights: tuple[np.ndarray, np.ndarray] | None, threads: int) -> WinogradStep:
+                weights: tuple[np.ndarray, np.ndarray] | None, threads: int) -> ConvStep:
         assert isinstance(layer, Conv) and weights is not None
         toolchain = default_toolchain()
         block = choose_block(layer, toolchain.vector_width)
@@ -154,4 +133,4 @@ class WinogradConv:
                  f"n {'x'.join(map(str, shape_in[2:]))})")
         module = load_kernel(winograd_source(layer, shape_in, toolchain.vector_width), label,
                              toolchain)
-        return WinogradStep(module, layer, shape_in, weights, block.ob, threads)
+        return ConvStep(module, layer, shape_in, transform_weights(*weights, block.ob), threads)
