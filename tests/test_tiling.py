@@ -71,3 +71,15 @@ def test_default_patch_respects_budget_and_says_what_is_needed() -> None:
     assert make_plan(net, tight).peak_bytes <= make_plan(net, roomy).peak_bytes
     with pytest.raises(PlanError, match="raise the memory budget"):
         default_patch(net, (200, 200, 200), 1 << 20)
+
+
+def test_the_planner_counts_the_patches_tiling_makes() -> None:
+    """planner.plan.patches_needed (the planner may not import the runtime) == len(tiles)."""
+    import itertools
+
+    from znni.planner.plan import patches_needed
+    from znni.runtime.tiling import tiles
+
+    for extent in itertools.product([1, 5, 8, 9, 16, 17, 23], repeat=3):
+        for patch in [(8, 8, 8), (16, 8, 4), (4, 4, 4)]:
+            assert patches_needed(extent, patch) == len(list(tiles(extent, patch)))

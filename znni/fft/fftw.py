@@ -245,6 +245,8 @@ def transform(kind: str, src: np.ndarray, dst: np.ndarray, axis: int, threads: i
     complex. The views may be strided; their other axes must agree in extent."""
     if kind not in KINDS:
         raise ValueError(f"unknown transform kind {kind!r}")
+    if src.ndim != 4 or dst.ndim != 4:
+        raise ValueError(f"transform views must be 4-D, got {src.shape} → {dst.shape}")
     src_item, dst_item = _item_bytes(kind)
     others = [a for a in range(src.ndim) if a != axis]
     if any(src.shape[a] != dst.shape[a] for a in others):
@@ -259,12 +261,8 @@ def transform(kind: str, src: np.ndarray, dst: np.ndarray, axis: int, threads: i
     # The slab's lines: the non-transform axis with the smallest stride (longest in memory).
     inner = min(range(len(axes)), key=lambda i: (abs(axes[i].src) if axes[i].count > 1
                                                  else 1 << 62))
-    outer = [axes[i] for i in range(len(axes)) if i != inner]
-    while len(outer) < 2:
-        outer.append(_Axis(1, 0, 0))
-    loop = tuple((a.count, a.src * src_item, a.dst * dst_item) for a in outer[:2])
-    if len(outer) > 2:  # 5-D and larger views are never passed; refuse rather than guess
-        raise ValueError("transform views must be at most 4-D")
+    loop = tuple((a.count, a.src * src_item, a.dst * dst_item)
+                 for i, a in enumerate(axes) if i != inner)  # the two looped axes, in C
     src_ptr, dst_ptr = src.ctypes.data, dst.ctypes.data
     aligned = all(v % ALIGNMENT == 0 for v in (src_ptr, dst_ptr, *[s for a in loop for s in a[1:]]))
     g = _Geometry(kind, n, _Axis(src.shape[axis], src.strides[axis] // src_item,

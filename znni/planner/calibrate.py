@@ -187,21 +187,21 @@ def corrections(device: Device) -> Corrections:
     from ..primitives import PRIMITIVES
 
     rng = np.random.default_rng(0)
-    jobs = [(name, layer, shape) for name, probes in PROBES.items() for layer, shape in probes]
+    jobs = [(name, layer, shape, None if not isinstance(layer, Conv) else (
+                rng.standard_normal((layer.out_channels, layer.in_channels, *layer.kernel),
+                                    dtype=np.float32) * 0.05,
+                np.zeros(layer.out_channels, np.float32)))  # drawn here: rng is not thread-safe
+            for name, probes in PROBES.items() for layer, shape in probes]
 
-    def prepare(job: tuple[str, Conv | Pool, tuple[int, int, int, int, int]]) -> object:
-        name, layer, shape = job
-        weights = None
-        if isinstance(layer, Conv):
-            weights = (rng.standard_normal((layer.out_channels, layer.in_channels,
-                                            *layer.kernel), dtype=np.float32) * 0.05,
-                       np.zeros(layer.out_channels, np.float32))
+    def prepare(job: tuple[str, Conv | Pool, tuple[int, int, int, int, int],
+                           tuple[np.ndarray, np.ndarray] | None]) -> object:
+        name, layer, shape, weights = job
         return PRIMITIVES[name].prepare(0, layer, shape, weights, device.threads)
 
     with ThreadPoolExecutor(max_workers=max(1, device.threads)) as pool:
         steps = list(pool.map(prepare, jobs))  # g++ runs outside the GIL
     points: dict[str, list[tuple[int, float]]] = {}
-    for (name, layer, shape), step in zip(jobs, steps):
+    for (name, layer, shape, _), step in zip(jobs, steps):
         x = rng.random(shape, dtype=np.float32)
         seconds = median_seconds(partial(step.run, x, 0), 3)  # type: ignore[attr-defined]
         model = PRIMITIVES[name].estimate(layer, shape, device)
