@@ -164,9 +164,10 @@ class Plan:
         """Share of the computed output voxels that lie outside :attr:`extent` or are computed
         twice (a short last batch, a patch past the volume's end, a last patch shifted back):
         work the volume does not need."""
-        if self.runs is None:
+        runs = self.runs
+        if runs is None:
             return 0.0
-        return 1 - math.prod(self.extent) / (self.runs * self.output_voxels)  # type: ignore[arg-type]
+        return 1 - math.prod(self.extent) / (runs * self.output_voxels)  # type: ignore[arg-type]
 
     @property
     def predicted_seconds(self) -> float | None:
