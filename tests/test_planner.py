@@ -266,7 +266,7 @@ def test_torch_dense_forms_equal_the_reference(name: str, form: str, channels_la
 
 
 def test_calibration_measures_rates_and_fits_every_primitive() -> None:
-    from znni.planner.calibrate import calibrate
+    from znni.planner.calibrate import PROBES, calibrate
     from znni.primitives import PRIMITIVES
 
     device = calibrate(1)
@@ -278,7 +278,8 @@ def test_calibration_measures_rates_and_fits_every_primitive() -> None:
     fitted = dict(device.corrections)
     assert set(fitted) == set(PRIMITIVES)  # every CPU primitive the planner can pick
     assert all(0 < c < 100 for points in fitted.values() for _, c in points)
-    assert len(fitted["fft-pruned"]) == 2  # FFT corrections follow the image size
+    assert len(fitted["fft-pruned"]) == len(PROBES["fft-pruned"])  # they follow the image size
+    assert fitted["fft-pruned-lean"] == fitted["fft-pruned-data"]  # a fallback shares them
     again = Device.from_dict(json.loads(device.to_json()))
     assert again == device and again.correction("direct", 10**6) == fitted["direct"][0][1]
 

@@ -190,7 +190,7 @@ def cpu_model() -> str:
 
 
 #: Bumped whenever what calibration measures changes: older cached descriptions are re-measured.
-CALIBRATION_VERSION = 2
+CALIBRATION_VERSION = 3
 
 
 def _cache_path(threads: int) -> Path:
