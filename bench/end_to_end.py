@@ -52,7 +52,7 @@ def main() -> None:
     print(f"{args.net} output {args.patch}^3 ({plan.peak_bytes / 2**30:.2f} GiB planned), "
           f"{args.threads} threads: {seconds:.2f} s, {voxels / seconds:,.0f} voxels/s "
           f"(median of {args.repeats})")
-    for lp, t in zip(plan.layers, split):
+    for lp, t in zip(plan.layers, split, strict=False):
         print(f"  layer {lp.index} {lp.primitive:>6} {lp.input_shape!s:>28} {t:7.3f} s")
 
 

@@ -63,7 +63,8 @@ def main() -> None:
         peak = int(match.group(1)) * 1024
         print(run.stdout.strip())
         print(f"peak RSS {peak / 2**30:.2f} GiB; budget {budget / 2**30:.2f} GiB + one block "
-              f"{BLOCK_BYTES / 2**30:.2f} GiB: {'within' if peak <= budget + BLOCK_BYTES else 'OVER'}")
+              f"{BLOCK_BYTES / 2**30:.2f} GiB: "
+              f"{'within' if peak <= budget + BLOCK_BYTES else 'OVER'}")
         if args.check:
             out = zarr.open_array(str(dst), mode="r")
             expected = znni.infer(net, arr[...], plan=plan)

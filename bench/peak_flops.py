@@ -20,7 +20,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     for threads in sorted({1, args.threads}):
-        print(f"peak fp32, {threads} thread(s): {peak_flops(threads, args.repeats) / 1e9:.0f} GFLOP/s")
+        rate = peak_flops(threads, args.repeats)
+        print(f"peak fp32, {threads} thread(s): {rate / 1e9:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def main() -> None:
               f"{planning:.0f} s ({args.effort}); predicted {predicted:,.0f} voxels/s, "
               f"measured {measured:,.0f} (median of {args.repeats}): "
               f"predicted/measured {predicted / measured:.2f}")
-        for lp, t, peak in zip(plan.layers, split, rss):
+        for lp, t, peak in zip(plan.layers, split, rss, strict=False):
             place = f" in place {lp.in_place}" if lp.in_place else ""
             print(f"  layer {lp.index} {lp.primitive:>16}{place:<14} {lp.input_shape!s:>26} "
                   f"predicted {lp.seconds or 0:8.3f} s ({lp.cost}), measured {t:8.3f} s; "

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import znni
 import znni.config
-from znni.planner import search
+from znni.planner import costing, search
 from znni.planner.device import this_machine
 from znni.planner.plan import Plan
 from znni.planner.tuning import TuningRecords
@@ -50,7 +50,7 @@ from znni.synthetic import em_like_volume
 Key = tuple[tuple[int, ...], int, int]  # (sorted patch, batch, pools max-filtered)
 
 
-class MeasuredCosts(search.CostModel):
+class MeasuredCosts(costing.CostModel):
     """Costs from tuning records only: a way never timed is never chosen, so each swept
     candidate's assignment is the best of what the sweep measured (the corrected model could
     otherwise prefer an untimed way and leave no candidate fully measured)."""
@@ -126,7 +126,7 @@ def regret(name: str, budget: int, args: argparse.Namespace) -> dict[str, object
             saved.write_text(planned.to_json())
     plan_seconds = time.perf_counter() - start
     records = TuningRecords()  # read after planning: with the planner's timings
-    costs = search.CostModel(device, records, "measure")
+    costs = costing.CostModel(device, records, "measure")
     swept = sweep_set(search.candidates(net, budget, costs), args.leaders, args.floor)
     print(f"{name} @ {args.memory}: planned in {plan_seconds:.0f} s: {_label(planned)}; "
           f"sweeping {len(swept)} candidates", flush=True)

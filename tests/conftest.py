@@ -18,7 +18,7 @@ os.environ.setdefault("ZNNI_CACHE_DIR", tempfile.mkdtemp(prefix="znni-test-cache
 # Plans in tests are made for a fixed example machine: deterministic, and no calibration run.
 os.environ.setdefault("ZNNI_DEVICE", "xeon-2core")
 
-import znni
+import znni  # noqa: E402 - imported only once the environment above is set
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:

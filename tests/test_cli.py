@@ -68,6 +68,14 @@ def test_random_weights_and_bundled_spec_path(tiny_files, tmp_path) -> None:
     ("bad_output_dir", ["does not exist"]),
     ("bad_workers", ["--workers"]),
     ("h5_on_cluster", ["HDF5", "workers"]),
+    ("deep_spec", ["nested too deeply"]),
+    ("truncated_weights", ["cannot read weights"]),
+    ("npy_weights", ["single array"]),
+    ("too_many_threads", ["--threads", "1024"]),
+    ("plan_batch_2_64", ["batch 18446744073709551616", "over the limit"]),
+    ("plan_missing_layer", ["one entry for each layer"]),
+    ("plan_patch_too_large", ["larger than this volume needs", "[8, 8, 12]"]),
+    ("plan_over_memory", ["needs", "memory budget of 0.00 GiB (--memory)"]),
 ])
 def test_bad_input_exits_nonzero_with_message_and_loses_nothing(case, words, tiny_files,
                                                                  tmp_path) -> None:
@@ -104,6 +112,29 @@ def test_bad_input_exits_nonzero_with_message_and_loses_nothing(case, words, tin
         out.write_bytes(b"precious")
         base[7] = f"{out}:/pred"
         base += ["--workers", "1"]
+    elif case == "deep_spec":
+        spec = tmp_path / "deep.json"
+        spec.write_text("[" * 100_000 + "]" * 100_000)
+        base[1] = str(spec)
+    elif case == "truncated_weights":
+        data = tiny_files["weights"].read_bytes()
+        tiny_files["weights"].write_bytes(data[:len(data) // 2])
+    elif case == "npy_weights":
+        np.save(tmp_path / "w.npy", np.zeros(3, np.float32))
+        base[3] = str(tmp_path / "w.npy")
+    elif case == "too_many_threads":
+        base += ["--threads", "100000"]
+    elif case.startswith("plan_"):
+        patch = (16, 16, 16) if case == "plan_patch_too_large" else (2, 4, 6)
+        plan = json.loads(znni.make_plan(znni.load("tiny"), patch).to_json())
+        if case == "plan_batch_2_64":
+            plan["batch"] = 2 ** 64
+        elif case == "plan_missing_layer":
+            del plan["layers"][1]
+        elif case == "plan_over_memory":
+            base += ["--memory", "1KiB"]
+        (tmp_path / "plan.json").write_text(json.dumps(plan))
+        base += ["--plan", str(tmp_path / "plan.json")]
     result = znni_cli(*base)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -184,3 +215,20 @@ def test_bench_against_torch_reports_a_ratio() -> None:
     result = znni_cli("bench", "tiny", "--memory", "256MiB", "--sizes", "4,8", "--repeats", "1")
     assert result.returncode == 0, result.stderr
     assert "znni / PyTorch" in result.stdout and "torch" in result.stdout
+
+
+def test_primitive_choices_come_from_the_registry() -> None:
+    """--primitive accepts exactly auto and the registry's conv primitives (no list to keep in
+    step), and a wrong name is a usage error that lists them."""
+    from click.testing import CliRunner
+
+    from znni.cli import ConvPrimitive, main
+    from znni.primitives import CONV_PRIMITIVES, PRIMITIVES
+
+    assert "winograd" in CONV_PRIMITIVES and "mpf" not in CONV_PRIMITIVES
+    assert set(CONV_PRIMITIVES) | {"mpf", "maxfilter"} == set(PRIMITIVES)
+    for name in ("auto", *CONV_PRIMITIVES):
+        assert ConvPrimitive().convert(name, None, None) == name
+    result = CliRunner().invoke(main, ["infer", "tiny", "--random-weights", "0", "--primitive",
+                                       "warp", "--input", "x.npy", "--output", "y.npy"])
+    assert result.exit_code == 2 and all(n in result.output for n in CONV_PRIMITIVES)

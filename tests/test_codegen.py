@@ -117,20 +117,28 @@ def test_cache_key_depends_on_flags_and_source() -> None:
     assert cache.cache_key(SOURCE, tc) == cache.cache_key(SOURCE, default_toolchain())
 
 
-def _build_in_child(source: str) -> str:
-    from znni.codegen import cache as child_cache
-    from znni.codegen.loader import default_toolchain as child_tc
+def _load_in_child(source: str) -> tuple[str, int]:
+    from znni.codegen.loader import load_kernel
 
-    return str(child_cache.build(source, child_tc(), "concurrent"))
+    module = load_kernel(source, "concurrent")
+    return str(module.path), module.lib.znni_abi_version()
 
 
-def test_concurrent_processes_building_one_key_all_succeed() -> None:
+def test_concurrent_processes_building_one_key_all_succeed(tmp_path, monkeypatch) -> None:
+    """Three processes start on a cache that does not exist yet: all create and check its
+    directories, build or wait for the same key, and load an intact, private entry."""
+    root = tmp_path / "fresh" / "cache"
+    monkeypatch.setenv("ZNNI_CACHE_DIR", str(root))  # inherited by the spawned children
     source = SOURCE + "\n// concurrent build test\n"
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(3) as pool:
-        paths = pool.map(_build_in_child, [source] * 3)
-    assert len(set(paths)) == 1
-    assert cache.lookup(cache.cache_key(source, default_toolchain())) is not None
+        loaded = pool.map(_load_in_child, [source] * 3)
+    assert len({path for path, _ in loaded}) == 1 and {v for _, v in loaded} == {1}
+    so = cache.lookup(cache.cache_key(source, default_toolchain()))
+    assert so is not None and str(so) == loaded[0][0] and so.is_relative_to(root)
+    for directory in (root, so.parent):
+        assert (directory.stat().st_mode & 0o077) == 0
+    assert not [p for p in so.parent.iterdir() if p.name.startswith(".")]  # no temporaries
 
 
 def test_compiler_failure_is_a_clear_error(tmp_path) -> None:

@@ -26,7 +26,7 @@ def _has_fftw() -> bool:
         return False
     probe = subprocess.run([cxx, "-x", "c++", "-", "-o", "/dev/null", "-lfftw3f"],
                            input="#include <fftw3.h>\nint main() { return 0; }\n", text=True,
-                           capture_output=True)
+                           capture_output=True, check=False)
     return probe.returncode == 0
 
 

@@ -13,8 +13,13 @@ from znni.codegen.nvcc import NvccToolchain
 from znni.codegen.render import render
 from znni.primitives.direct import pack_weights
 from znni.primitives.gpu_fft import gpu_fft_source
-from znni.primitives.gpu_kernels import (EMULATE_ENV, direct_block, gpu_direct_source,
-                                         gpu_pool_source, load_gpu_kernel)
+from znni.primitives.gpu_kernels import (
+    EMULATE_ENV,
+    direct_block,
+    gpu_direct_source,
+    gpu_pool_source,
+    load_gpu_kernel,
+)
 from znni.primitives.max_filter import max_filter_output_shape
 from znni.primitives.mpf import mpf_output_shape
 from znni.reference import _dilated_correlation, _dilated_max_filter, forward

@@ -172,10 +172,11 @@ def _map_chunks(p: znni.Plan, chunks: dict[int, tuple[int, int]]) -> znni.Plan:
     assert p.gpu is not None
     layers = []
     for lp in p.gpu.layers:
+        chunked = lp
         if lp.index in chunks:
             in_maps, out_maps = chunks[lp.index]
-            lp = replace(lp, chunk_shape=(1, in_maps, *lp.chunk_shape[2:]), out_maps=out_maps)
-        layers.append(lp)
+            chunked = replace(lp, chunk_shape=(1, in_maps, *lp.chunk_shape[2:]), out_maps=out_maps)
+        layers.append(chunked)
     return replace(p, gpu=replace(p.gpu, layers=tuple(layers)))
 
 

@@ -56,7 +56,7 @@ def held_out_nets() -> dict[str, nn.Module]:
 
 def torch_dense(model: nn.Module, volume: np.ndarray) -> np.ndarray:
     """The *original* model (BatchNorm unfolded) run densely by PyTorch: each pool a stride-1
-    max filter, every later layer dilated by the windows before it (DESIGN §3)."""
+    max filter, every later layer dilated by the windows before it (docs/design.md §3)."""
     x = torch.from_numpy(volume)[None].double()
     d = [1, 1, 1]
     with torch.no_grad():
@@ -66,7 +66,7 @@ def torch_dense(model: nn.Module, volume: np.ndarray) -> np.ndarray:
             elif isinstance(m, nn.MaxPool3d):
                 k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 3
                 x = F.max_pool3d(x, k, stride=1, dilation=tuple(d))
-                d = [a * b for a, b in zip(d, k)]
+                d = [a * b for a, b in zip(d, k, strict=True)]
             elif not list(m.children()):
                 x = m.double()(x)
                 m.float()
@@ -95,7 +95,7 @@ def test_torchscript_is_accepted_like_the_module() -> None:
     scripted = from_module(torch.jit.script(model))
     assert scripted.to_dict()["layers"] == eager.to_dict()["layers"]
     assert "0: 0 + 1 + 2, 1: 3" in eager.description  # conv + BatchNorm + ReLU, then the pool
-    for i, (w, b) in eager.require_weights().items():
+    for i, (w, _b) in eager.require_weights().items():
         np.testing.assert_array_equal(scripted.require_weights()[i][0], w)
 
 
@@ -156,7 +156,7 @@ def test_pickled_module_needs_explicit_opt_in(tmp_path) -> None:
     (lambda: nn.MaxPool3d(2, ceil_mode=True), "ceil_mode"),
     (lambda: nn.MaxPool3d(2, padding=1), "padding"),
     (lambda: nn.AvgPool3d(2), "not a supported layer"),
-    (lambda: nn.LeakyReLU(), "not a supported layer"),
+    (nn.LeakyReLU, "not a supported layer"),
 ])
 def test_unsupported_layers_name_the_module_and_why(layer, why: str) -> None:
     bad = layer()
@@ -171,7 +171,7 @@ def test_unsupported_layers_name_the_module_and_why(layer, why: str) -> None:
 
 def test_batchnorm_must_follow_a_conv() -> None:
     model = nn.Sequential(nn.Conv3d(1, 2, 3), nn.ReLU(), nn.BatchNorm3d(2)).eval()
-    with pytest.raises(UnsupportedModelError, match="'2'.*batch norm"):
+    with pytest.raises(UnsupportedModelError, match=r"'2'.*batch norm"):
         from_module(model)
 
 
@@ -228,6 +228,6 @@ def test_without_torch_the_cli_says_what_to_install(tmp_path) -> None:
             f"main(['import', {str(tmp_path / 'm.pt')!r}, '--out', 'n.json', "
             "'--weights-out', 'n.npz'])")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=tmp_path)
+                         cwd=tmp_path, check=False)
     assert run.returncode == 2 and "znni[torch]" in run.stderr
     assert "Traceback" not in run.stderr

@@ -53,7 +53,7 @@ def build(chain: list[tuple], channels: int, overrides: dict | None = None,
             attrs = {"kernel_shape": list(args[0]), "strides": list(args[0])}
         attrs.update((overrides or {}).get(i, {}))
         names = [f"p{i}_{k}" for k in range(len(params))]
-        inits += [numpy_helper.from_array(p, n) for p, n in zip(params, names)]
+        inits += [numpy_helper.from_array(p, n) for p, n in zip(params, names, strict=True)]
         nodes.append(helper.make_node(op, [current, *names], [f"t{i}"], name=f"n{i}", **attrs))
         layers.append((op, attrs, params))
         current = f"t{i}"
@@ -68,7 +68,7 @@ def build(chain: list[tuple], channels: int, overrides: dict | None = None,
 
 
 def torch_dense(layers: list, volume: np.ndarray) -> np.ndarray:
-    """The original graph (BatchNorm unfolded) run densely by PyTorch (DESIGN §3)."""
+    """The original graph (BatchNorm unfolded) run densely by PyTorch (docs/design.md §3)."""
     torch = pytest.importorskip("torch")
     f = torch.nn.functional
     x = torch.from_numpy(volume)[None].double()
@@ -82,7 +82,7 @@ def torch_dense(layers: list, volume: np.ndarray) -> np.ndarray:
         elif op == "MaxPool":
             k = tuple(attrs["kernel_shape"])
             x = f.max_pool3d(x, k, stride=1, dilation=tuple(d))
-            d = [a * b for a, b in zip(d, k)]
+            d = [a * b for a, b in zip(d, k, strict=True)]
         else:
             x = {"Relu": torch.relu, "Tanh": torch.tanh, "Sigmoid": torch.sigmoid}[op](x)
     return x[0].float().numpy()
@@ -141,9 +141,27 @@ def test_unsupported_op_non_chain_and_garbage(tmp_path: Path) -> None:
         load_file(path)
     onnx.save(build(CHAIN, 2, extra=[helper.make_node("Relu", ["t2"], ["y"], name="skip")])[0],
               str(path))
-    with pytest.raises(UnsupportedModelError, match="'skip'.*not the output"):
+    with pytest.raises(UnsupportedModelError, match=r"'skip'.*not the output"):
         load_file(path)
     path.write_bytes(b"not a protobuf")
+    code, out = _cli("import", str(path), "--out", str(tmp_path / "n.json"),
+                     "--weights-out", str(tmp_path / "n.npz"))
+    assert code == 2 and "Traceback" not in out and not (tmp_path / "n.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["dims", "data_type"])
+def test_an_initializer_whose_dims_or_type_do_not_fit_its_data(tmp_path: Path,
+                                                                damage: str) -> None:
+    model = build(CHAIN, 2)[0]
+    weight = model.graph.initializer[0]
+    if damage == "dims":
+        weight.dims[0] += 1  # numpy_helper.to_array: ValueError (cannot reshape)
+    else:
+        weight.data_type = TensorProto.UNDEFINED  # numpy_helper.to_array: TypeError
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(UnsupportedModelError, match=f"initializer '{weight.name}'"):
+        load_file(path)
     code, out = _cli("import", str(path), "--out", str(tmp_path / "n.json"),
                      "--weights-out", str(tmp_path / "n.npz"))
     assert code == 2 and "Traceback" not in out and not (tmp_path / "n.json").exists()
@@ -153,12 +171,12 @@ def test_batchnorm_after_an_activation_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bad.onnx"
     onnx.save(build([("Conv", 2, (1, 1, 1)), ("Relu",), ("BatchNormalization",)], 1)[0],
               str(path))
-    with pytest.raises(UnsupportedModelError, match="'n2'.*does not directly follow"):
+    with pytest.raises(UnsupportedModelError, match=r"'n2'.*does not directly follow"):
         load_file(path)
 
 
 def test_strided_forward_is_the_dense_oracle_every_f_voxels() -> None:
-    """The check's premise (DESIGN §3), with anisotropic pools."""
+    """The check's premise (docs/design.md §3), with anisotropic pools."""
     net = net_from_layers([
         {"type": "conv", "kernel": [2, 3, 1], "out_channels": 3, "activation": "relu"},
         {"type": "pool", "window": [1, 2, 3]},
@@ -187,7 +205,8 @@ def test_a_graph_from_torch_onnx_export(tmp_path: Path) -> None:
     try:
         torch.onnx.export(model, (torch.randn(1, 3, 8, 16, 16),), str(path), dynamo=False,
                           input_names=["x"], dynamic_axes={"x": {2: "z", 3: "y", 4: "x"}})
-    except Exception as exc:  # the TorchScript-based exporter is deprecated upstream
+    except Exception as exc:  # noqa: BLE001 - the TorchScript-based exporter is deprecated
+        # upstream: whatever it raises means it is unavailable here
         pytest.skip(f"torch.onnx.export unavailable: {exc}")
     net = load_file(path)
     assert "/0/Conv" in net.description

@@ -34,7 +34,7 @@ def check(net: znni.Network, volume: np.ndarray, patch=None) -> np.ndarray:
 def test_bundled_small_nets(name: str, extra: tuple) -> None:
     net = znni.load(name).random_weights(1)
     fov = net.fov
-    check(net, random_volume(tuple(f + e for f, e in zip(fov, extra))))
+    check(net, random_volume(tuple(f + e for f, e in zip(fov, extra, strict=True))))
 
 
 def test_n337_full_size() -> None:
@@ -137,7 +137,7 @@ def test_random_small_nets(layers: list, channels: int, extra: list, seed: int) 
                             "activation": "linear"}]
     net = net_from_layers(layers, input_channels=channels, seed=seed)
     fov = net.fov
-    vol = random_volume((channels, *(f + e for f, e in zip(fov, extra))), seed=seed)
+    vol = random_volume((channels, *(f + e for f, e in zip(fov, extra, strict=True))), seed=seed)
     frag = net.fragmentation
     check(net, vol, tuple(f * (1 + seed % 2) for f in frag))
 
@@ -204,7 +204,7 @@ def test_in_place_layers_equal_the_oracle(primitive: str) -> None:
                  if (options := in_place.groups(net.layers[lp.index], lp.input_shape))}
         assert len(units) >= 3
         plan = make_plan(net, patch, batch, primitive, units)
-        for lp, fresh in zip(plan.layers[1:], base.layers[1:]):
+        for lp, fresh in zip(plan.layers[1:], base.layers[1:], strict=True):
             assert lp.in_place == units.get(lp.index, 0)
             assert lp.working_bytes < fresh.working_bytes or not lp.in_place
         fov = net.fov

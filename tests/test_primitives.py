@@ -19,7 +19,8 @@ from .conftest import relative_error
 def random_layer_data(rng, batch, fi, fo, kernel, shape):
     """Input, He-scaled weights and bias for one conv layer."""
     x = rng.standard_normal((batch, fi, *shape)).astype(np.float32)
-    w = rng.standard_normal((fo, fi, *kernel)).astype(np.float32) / math.sqrt(fi * math.prod(kernel))
+    w = (rng.standard_normal((fo, fi, *kernel)).astype(np.float32)
+         / math.sqrt(fi * math.prod(kernel)))
     return x, w, rng.standard_normal(fo).astype(np.float32)
 
 
@@ -189,7 +190,7 @@ def test_fft_friendly_sizes() -> None:
     assert [fft_size(n) for n in (1, 11, 13, 17, 71, 97, 127)] == [1, 12, 14, 18, 72, 98, 128]
 
 
-@pytest.mark.parametrize("name", FFT_PRIMITIVES + ["direct"])
+@pytest.mark.parametrize("name", [*FFT_PRIMITIVES, "direct"])
 def test_memory_formula_predicts_measured_peak(name, rng) -> None:
     """memory().working against tracemalloc's peak of numpy/pyfftw buffers during a run (plus the
     input, which the caller holds): within ±15 %, the acceptance bound."""

@@ -1,4 +1,4 @@
-"""The oracle itself, checked against the *definition* of dense output (DESIGN §3): the net
+"""The oracle itself, checked against the *definition* of dense output (docs/design.md §3): the net
 applied to each FOV window separately, with ordinary strided pooling aligned to its corner."""
 
 from __future__ import annotations

@@ -73,6 +73,25 @@ def test_spec_files_not_found_and_not_json(tmp_path) -> None:
     bad.write_text("{\"layers\": [")
     with pytest.raises(SpecError, match="invalid JSON"):
         znni.load(bad)
+    bad.write_text("[" * 100_000 + "]" * 100_000)  # RecursionError in Python's parser
+    with pytest.raises(SpecError, match="nested too deeply"):
+        znni.load(bad)
+    bad.write_text("{\"input_channels\": " + "9" * 5000 + "}")  # ValueError in the parser
+    with pytest.raises(SpecError, match="invalid JSON"):
+        znni.load(bad)
+    bad.write_bytes(b"\xff\xfe{")
+    with pytest.raises(SpecError, match="UTF-8"):
+        znni.load(bad)
+
+
+def test_untrusted_values_in_messages_are_shortened() -> None:
+    nested: list = []
+    for _ in range(100_000):  # the repr of this raised RecursionError
+        nested = [nested]
+    with pytest.raises(SpecError, match="activation"):
+        znni.load(with_layer(0, activation=nested))
+    with pytest.raises(SpecError, match=r"out_channels.*<int>"):  # no 5000-digit repr
+        znni.load(with_layer(0, out_channels=10 ** 5000))
 
 
 def test_weights_round_trip_and_random_weights_are_seeded(tmp_path) -> None:
@@ -124,6 +143,16 @@ def test_weights_file_problems(tmp_path) -> None:
     junk.write_bytes(b"not a zip file")
     with pytest.raises(WeightsError, match="cannot read"):
         znni.load(TINY, weights=junk)
+    good = tmp_path / "w.npz"
+    znni.load(TINY).random_weights(0).save_weights(good)
+    data = good.read_bytes()
+    for cut in (len(data) // 2, len(data) - 30):  # truncated: zipfile's BadZipFile
+        junk.write_bytes(data[:cut])
+        with pytest.raises(WeightsError, match="cannot read"):
+            znni.load(TINY, weights=junk)
+    np.save(tmp_path / "w.npy", np.zeros(3, np.float32))  # np.load gives an array, not an archive
+    with pytest.raises(WeightsError, match="single array"):
+        znni.load(TINY, weights=tmp_path / "w.npy")
     with pytest.raises(WeightsError, match="no weights"):
         znni.load(TINY).require_weights()
 

@@ -23,7 +23,7 @@ def test_tiles_write_every_output_voxel_once(extent, patch) -> None:
     covered = np.zeros(extent, int)
     for tile in tiles(extent, patch):
         for a in range(3):
-            assert 0 <= tile.start[a] and tile.start[a] + tile.size[a] <= extent[a]
+            assert tile.start[a] >= 0 and tile.start[a] + tile.size[a] <= extent[a]
             assert tile.size[a] == min(patch[a], extent[a])
             assert tile.write_start[a] % patch[a] == 0
         covered[_written(tile)] += 1
@@ -33,7 +33,7 @@ def test_tiles_write_every_output_voxel_once(extent, patch) -> None:
 @given(extent=st.tuples(*[st.integers(1, 40)] * 3), patch=st.tuples(*[st.integers(1, 8)] * 3),
        multiple=st.tuples(*[st.integers(1, 3)] * 3))
 def test_blocks_hold_whole_tiles_and_write_only_inside(extent, patch, multiple) -> None:
-    block = tuple(p * m for p, m in zip(patch, multiple))
+    block = tuple(p * m for p, m in zip(patch, multiple, strict=True))
     every = list(tiles(extent, patch))
     grouped = blocks(extent, patch, block)
     assert sorted(t.start for b in grouped for t in b.tiles) == sorted(t.start for t in every)

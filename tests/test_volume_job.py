@@ -153,7 +153,7 @@ def test_killed_runs_resume_to_the_same_bits(tmp_path) -> None:
         run = subprocess.run([*args, killed, str(kill_at), how], timeout=600, check=False)
         assert run.returncode == -signal.SIGKILL
         done.append(len(list(Path(f"{killed}.znni-done").glob("[0-9]*"))))
-    assert done == sorted(done) and 0 < done[-1]  # progress survives every kill
+    assert done == sorted(done) and done[-1] > 0  # progress survives every kill
     subprocess.run([*args, killed], check=True, timeout=600)
     np.testing.assert_array_equal(_read(killed), _read(clean))
 
@@ -204,10 +204,10 @@ def test_bad_volumes_are_refused_and_nothing_is_overwritten(case, words, tmp_pat
 @pytest.fixture(scope="module")
 def cluster():
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as local:
-        with distributed.Client(local) as client:
-            yield client
+    with (distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                   dashboard_address=None) as local,
+          distributed.Client(local) as client):
+        yield client
 
 
 def test_two_workers_equal_one_process_and_survive_a_killed_worker(cluster, tmp_path) -> None:

@@ -9,11 +9,11 @@ The public names are imported on first use (PEP 562), so ``import znni`` and ``z
 do not pay for numpy, the planner and the kernels' toolchain.
 """
 
-__version__ = "0.1.0"
-
 import importlib as _importlib
 import os as _os
 from typing import Any as _Any
+
+from .version import __version__
 
 # Kernels' OpenMP threads must not spin between calls: on 2 cores libgomp's default busy-wait
 # after each parallel region starved any other thread that needed the core (FFTW's own threads,

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import psutil
@@ -119,7 +120,7 @@ def _torch_runners(net: Network, sizes: list[int], threads: int) -> list[_Runner
         for form in FORMS:
             model = TorchDense(net, form, threads)
             runners.append(_Runner(f"torch {form}", (size, size, size), size ** 3,
-                                   lambda m=model, v=volume: m(v)))
+                                   partial(model, volume)))
     return runners
 
 

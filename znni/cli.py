@@ -37,6 +37,22 @@ TUNING_EFFORTS = ("measure", "exhaustive")
 EFFORT_LEVELS = ("estimate", *TUNING_EFFORTS)
 
 
+class ConvPrimitive(click.ParamType):  # type: ignore[type-arg]  # generic in typeshed only
+    """``auto`` or a CPU conv primitive of :data:`znni.primitives.CONV_PRIMITIVES`, checked on
+    use: listing them up front would import the primitives for every ``znni --help``."""
+
+    name = "auto|PRIMITIVE"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        from .primitives import CONV_PRIMITIVES
+
+        choices = ("auto", *CONV_PRIMITIVES)
+        if value not in choices:
+            self.fail(f"{value!r} is not one of {', '.join(choices)}", param, ctx)
+        return str(value)
+
+
 def _run_guarded(fn: Callable[[], None]) -> None:
     try:
         fn()
@@ -71,7 +87,10 @@ def _network(spec: str, weights: str | None, seed: int | None) -> Network:
     from .spec import load
 
     net = load(spec)
-    return net.with_weights(weights) if weights is not None else net.random_weights(seed)
+    if weights is not None:
+        return net.with_weights(weights)
+    assert seed is not None  # exactly one of the two was given
+    return net.random_weights(seed)
 
 
 def _write_atomic(path: str, write: Callable[[Any], None], suffix: str) -> None:
@@ -114,9 +133,9 @@ _common: list[Callable[[Any], Any]] = [
     click.option("--memory", default=None, help="Memory budget for the default patch, e.g. 4GiB."),
     click.option("--threads", type=int, default=None, help="Threads (default: usable cores)."),
     click.option("--primitive", default="auto", show_default=True,
-                 type=click.Choice(["auto", "direct", "fft", "fft-pruned", "fft-data",
-                                    "fft-pruned-data", "fft-pruned-lean", "winograd"]),
-                 help="Convolution primitive for every conv layer; auto: the planner's choice "
+                 type=ConvPrimitive(),
+                 help="Convolution primitive for every conv layer (a wrong name lists them); "
+                 "auto: the planner's choice "
                  "per layer (with --patch: pruned FFT for kernels ≥ 100 taps with ≥ 16 input "
                  "and output maps on images ≥ 16³, Winograd for 3³ kernels with ≥ 16 maps, "
                  "direct otherwise)."),
@@ -164,13 +183,7 @@ def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
         from .runtime.progress import progress_report
 
         net = _network(spec, weights, seed)
-        plan = None
-        if plan_path is not None:
-            try:
-                plan = Plan.from_json(Path(plan_path).read_text(), net)
-            except OSError as exc:
-                raise ZnniError(f"cannot read plan {plan_path!r}: {exc}",
-                                "check the --plan path") from None
+        plan = None if plan_path is None else Plan.load(plan_path, net)
         n_threads = _threads(threads)
         client = None
         if workers is not None or scheduler is not None:
@@ -197,13 +210,14 @@ def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
 
 
 def _threads(threads: int | None) -> int | None:
-    if threads is not None and threads < 1:
-        raise ZnniError(f"--threads must be ≥ 1, got {threads}", "omit it to use all cores")
-    return threads
+    return None if threads is None else config.check_threads(threads, "--threads")
 
 
 def _parse_extent(text: str | None) -> Vec3 | None:
-    return None if text is None else _parse_patch(text)
+    extent = _parse_patch(text)
+    if extent is not None and min(extent) < 1:
+        raise ZnniError(f"--extent must be positive, got {text!r}", "write Z,Y,X (e.g. 64,512,512)")
+    return extent
 
 
 @main.command("plan")
@@ -369,12 +383,7 @@ def export_command(plan_path: str, spec: str, weights: str | None, seed: int | N
         from .planner import Plan
 
         net = _network(spec, weights, seed)
-        try:
-            text = Path(plan_path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ZnniError(f"cannot read plan {plan_path!r}: {exc}",
-                            "write one with `znni plan SPEC -o PLAN.json`") from None
-        result = export_plan(Plan.from_json(text, net), net, out_dir, fftw=fftw)
+        result = export_plan(Plan.load(plan_path, net), net, out_dir, fftw=fftw)
         for note in result.notes():
             click.echo(f"znni: note: {note}", err=True)
         click.echo(f"exported {net.name!r} ({len(result.files)} files) to {out_dir}; build it "

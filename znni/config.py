@@ -3,13 +3,16 @@ changes generated binaries (only those enter kernel cache keys)."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from .codegen.private_files import private_dir
 from .errors import ZnniError
+from .limits import MAX_THREADS
 
 
 @dataclass(frozen=True)
@@ -78,15 +81,15 @@ def device_file() -> str | None:
 
 
 def cache_dir() -> Path:
-    """The private (0700) per-user directory holding compiled kernels."""
+    """The private (0700) per-user directory holding compiled kernels, tuning records and
+    FFTW wisdom; a ZnniError if others could write it (znni runs the code it finds there)."""
     env = os.environ.get(KNOBS["cache_dir"].env)
     if env:
         path = Path(env).expanduser()
     else:
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         path = Path(base) / "znni"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return private_dir(path.absolute())
 
 
 def cxx() -> str:
@@ -128,17 +131,27 @@ def default_threads() -> int:
     env = os.environ.get(KNOBS["threads"].env)
     if env:
         try:
-            value = int(env)
+            value: object = int(env)
         except ValueError:
-            value = 0
-        if value >= 1:
-            return value
+            value = env
+        return check_threads(value, KNOBS["threads"].env)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         import psutil  # here, not at the top: `import znni` (via the allocator) imports config
 
         return max(1, psutil.cpu_count(logical=True) or 1)
+
+
+def check_threads(value: object, what: str = "threads") -> int:
+    """``value`` as a thread count from 1 to :data:`~znni.limits.MAX_THREADS` (why that bound:
+    see there), else a ZnniError naming ``what`` (an option or variable)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THREADS:
+        got = (repr(value) if isinstance(value, int) and value.bit_length() <= 64
+               else repr(value[:40]) if isinstance(value, str) else type(value).__name__)
+        raise ZnniError(f"{what} must be a whole number from 1 to {MAX_THREADS}, got {got}",
+                        "omit it to use the cores this process may run on")
+    return value
 
 
 def available_memory() -> int:
@@ -148,7 +161,8 @@ def available_memory() -> int:
     avail = int(psutil.virtual_memory().available)
     for limit_file, usage_file in (
         ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+         "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
     ):
         try:
             limit_text = Path(limit_file).read_text().strip()
@@ -176,7 +190,10 @@ def parse_bytes(value: int | str) -> int:
         if not match or unit not in _UNITS:
             raise ZnniError(f"cannot read memory size {value!r}",
                             "write e.g. 4GiB, 512MiB or a number of bytes")
-        amount = int(float(match.group(1)) * _UNITS[unit])
+        scaled = float(match.group(1)) * _UNITS[unit]
+        if not math.isfinite(scaled) or scaled >= 2**63:
+            raise ZnniError(f"memory size {str(value)[:40]!r} is too large", "e.g. 4GiB")
+        amount = int(scaled)
     if amount <= 0:
         raise ZnniError(f"memory size must be positive, got {value!r}", "e.g. 4GiB")
     return amount

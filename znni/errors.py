@@ -7,6 +7,8 @@ Anything else escaping is a bug in znni.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ZnniError(Exception):
     """Base class: ``message`` says what is wrong, ``hint`` what to do."""
@@ -19,6 +21,11 @@ class ZnniError(Exception):
     def __str__(self) -> str:
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
 
+    def __reduce__(self) -> tuple[type[ZnniError], tuple[str, str], dict[str, Any]]:
+        """Pickle message, hint and extra fields: errors raised in a Dask worker reach the
+        client whole (Exception's default pickling keeps only ``args``)."""
+        return (self.__class__, (self.message, self.hint), self.__dict__)
+
 
 class SpecError(ZnniError):
     """The network spec (JSON) is invalid."""
@@ -30,6 +37,15 @@ class WeightsError(ZnniError):
 
 class ShapeError(ZnniError):
     """A volume or patch has a shape the network cannot process."""
+
+
+class VolumeError(ZnniError):
+    """A volume on disk cannot be used as asked: the output is the input, another job is
+    writing it, or its done records are not a folder."""
+
+
+class NumericError(ZnniError):
+    """The network's output holds NaN or Inf (float32 overflow: weights or input too large)."""
 
 
 class PlanError(ZnniError):

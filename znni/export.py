@@ -26,21 +26,21 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .codegen.loader import default_toolchain
 from .codegen.render import ABI_HEADER, render
 from .errors import PlanError, ZnniError
 from .export_fftw import fftw_conv_source, fftw_weights
 from .planner.plan import MAX_FILTER, Plan
+from .primitives import CONV_PRIMITIVES, PRIMITIVES, FftConv
 from .primitives.direct import choose_block, direct_source, pack_weights
 from .primitives.max_filter import max_filter_source
 from .primitives.mpf import mpf_source
 from .spec import Conv, Network, Pool
+from .version import __version__
 
 EXPORT_VERSION = 1
 #: The weights file starts with these 8 bytes, then the float count (int64), then the floats.
 WEIGHTS_MAGIC = b"ZNNIWTS1"
-_DIRECT_LIKE = ("direct", "fft", "winograd")  # primitives exported as the direct kernel
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,11 @@ class ExportResult:
 def _version_ints() -> tuple[int, int, int]:
     parts = [int(m.group()) if (m := re.match(r"\d+", p)) else 0
              for p in __version__.split(".")[:3]]
-    major, minor, patch = (parts + [0, 0, 0])[:3]
+    major, minor, patch = [*parts, 0, 0, 0][:3]
     return major, minor, patch
 
 
-def export_plan(plan: Plan, net: Network, directory: str | os.PathLike,
+def export_plan(plan: Plan, net: Network, directory: str | os.PathLike[str],
                 vector_width: int | None = None, fftw: bool = False) -> ExportResult:
     """Write the library for ``plan`` of ``net`` (with weights) into ``directory`` (created;
     must be empty if it exists). ``vector_width``: floats per SIMD register the direct kernels
@@ -87,10 +87,11 @@ def export_plan(plan: Plan, net: Network, directory: str | os.PathLike,
         prefix = render("export_layer_prefix.cpp.j2", {"index": lp.index})
         w_off = w_count = b_off = b_count = 0
         if isinstance(layer, Conv):
-            if not lp.primitive.startswith(_DIRECT_LIKE):
+            if lp.primitive not in CONV_PRIMITIVES:  # every CPU conv exports as direct
                 raise PlanError(f"layer {lp.index}: primitive {lp.primitive!r} cannot be "
-                                "exported", "plan with CPU primitives (direct, winograd, fft*)")
-            if fftw and lp.primitive.startswith("fft"):
+                                "exported",
+                                f"plan with CPU primitives ({', '.join(CONV_PRIMITIVES)})")
+            if fftw and isinstance(PRIMITIVES[lp.primitive], FftConv):
                 source = fftw_conv_source(layer, lp.input_shape)
                 w, b = fftw_weights(*weights[lp.index])
                 fftw_layers += 1

@@ -1,4 +1,4 @@
-"""The numpy oracle: dense output by max filters and dilated correlations (DESIGN §3).
+"""The numpy oracle: dense output by max filters and dilated correlations (docs/design.md §3).
 
 Deliberately independent of the fast path: no fragments, no generated code, no FFT. Each pool
 becomes a stride-1 max filter dilated by the current dilation; each conv a dilated valid
@@ -9,15 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .activations import apply
 from .runtime.volume import as_volume
 from .spec import Conv, Network
-
-_ACTIVATIONS = {
-    "relu": lambda v: np.maximum(v, 0),
-    "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
-    "tanh": np.tanh,
-    "linear": lambda v: v,
-}
 
 
 def forward(net: Network, volume: np.ndarray) -> np.ndarray:
@@ -29,7 +23,7 @@ def forward(net: Network, volume: np.ndarray) -> np.ndarray:
         if isinstance(layer, Conv):
             w, b = weights[i]
             x = _dilated_correlation(x, w.astype(np.float64), dil)
-            x = _ACTIVATIONS[layer.activation](x + b.astype(np.float64)[:, None, None, None])
+            x = apply(layer.activation, x + b.astype(np.float64)[:, None, None, None])
         else:
             x = _dilated_max_filter(x, layer.window, dil)
             dil = [dil[a] * layer.window[a] for a in range(3)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,24 +18,25 @@ from typing import Any
 
 import numpy as np
 
+from . import limits
+from .activations import ACTIVATIONS
 from .bundled import NETS_DIR, bundled_nets
-from .errors import ShapeError, SpecError, WeightsError
+from .errors import ShapeError, SpecError, WeightsError, ZnniError
 
 Vec3 = tuple[int, int, int]
 Shape5 = tuple[int, int, int, int, int]
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "linear")
 _SPEC_KEYS = {"name", "description", "input_channels", "layers"}
 _CONV_KEYS = {"type", "kernel", "out_channels", "activation"}
 _POOL_KEYS = {"type", "window"}
-_MAX_EXTENT = 1 << 16  # no kernel, window or channel count is anywhere near this
 
 
 _UNDILATED: Vec3 = (1, 1, 1)
 
 
 def _span(size: Vec3, dilation: Vec3) -> Vec3:
-    return (size[0] + (size[0] - 1) * (dilation[0] - 1), size[1] + (size[1] - 1) * (dilation[1] - 1),
+    return (size[0] + (size[0] - 1) * (dilation[0] - 1),
+            size[1] + (size[1] - 1) * (dilation[1] - 1),
             size[2] + (size[2] - 1) * (dilation[2] - 1))
 
 
@@ -42,8 +44,8 @@ def _span(size: Vec3, dilation: Vec3) -> Vec3:
 class Conv:
     """Valid cross-correlation (PyTorch conv3d, no flip), then bias, then activation.
 
-    ``dilation`` is never in a spec: it is how a conv runs after max-filtered pools (DESIGN §3,
-    §5.4), set by :meth:`Network.layer_shapes`."""
+    ``dilation`` is never in a spec: it is how a conv runs after max-filtered pools
+    (docs/design.md §3, §5.4), set by :meth:`Network.layer_shapes`."""
 
     in_channels: int
     out_channels: int
@@ -112,7 +114,8 @@ class Network:
 
     @property
     def fov(self) -> Vec3:
-        """Field of view per axis (DESIGN §3): conv adds (k-1)·d, pool adds (p-1)·d, d *= p."""
+        """Field of view per axis (docs/design.md §3): conv adds (k-1)·d, pool adds (p-1)·d,
+        then d *= p."""
         fov, dil = [1, 1, 1], [1, 1, 1]
         for layer in self.layers:
             size = layer.kernel if isinstance(layer, Conv) else layer.window
@@ -150,7 +153,7 @@ class Network:
         run as fragments)."""
         patch = tuple(int(v) for v in output_patch)
         frag = self.fragmentation_with(max_filtered)
-        if len(patch) != 3 or any(p < 1 or p % f for p, f in zip(patch, frag)):
+        if len(patch) != 3 or any(p < 1 or p % f for p, f in zip(patch, frag, strict=False)):
             valid = ", ".join(f"{f}·k" for f in frag)
             raise ShapeError(
                 f"output patch {list(patch)} is not valid for network {self.name!r}",
@@ -162,10 +165,10 @@ class Network:
                      max_filtered: int = 0) -> list[LayerShapes]:
         """Per-layer ``(S, C, Z, Y, X)`` shapes of the dense forward pass for an output patch:
         pools run as fragments (MPF), except the last ``max_filtered``, which run as max filters
-        (DESIGN §5.4). A max filter keeps the image dense, so every later layer runs dilated by
-        the product of the max-filtered windows before it; the pools before it have already
-        split the image into fragments, each of which the suffix computes densely. Only a
-        suffix can be max-filtered: fragments of an image with dilation d > 1 would interleave
+        (docs/design.md §5.4). A max filter keeps the image dense, so every later layer runs
+        dilated by the product of the max-filtered windows before it; the pools before it have
+        already split the image into fragments, each of which the suffix computes densely. Only
+        a suffix can be max-filtered: fragments of an image with dilation d > 1 would interleave
         d independent lattices. The layers of the result carry their dilation and mode."""
         if not 0 <= max_filtered <= len(self.pools):
             raise ShapeError(f"network {self.name!r} has {len(self.pools)} pool layers, cannot "
@@ -177,19 +180,21 @@ class Network:
         dil = [1, 1, 1]
         pools_left = len(self.pools)
         shapes = []
-        for i, layer in enumerate(self.layers):
+        for i, spec_layer in enumerate(self.layers):
             before: Shape5 = (s, c, size[0], size[1], size[2])
             dilation: Vec3 = (dil[0], dil[1], dil[2])
-            if isinstance(layer, Conv):
-                layer = replace(layer, dilation=dilation)
+            layer: Layer
+            if isinstance(spec_layer, Conv):
+                layer = replace(spec_layer, dilation=dilation)
                 size = [size[a] - layer.span[a] + 1 for a in range(3)]
                 c = layer.out_channels
             elif pools_left <= max_filtered:
-                layer = replace(layer, max_filter=True, dilation=dilation)
+                layer = replace(spec_layer, max_filter=True, dilation=dilation)
                 size = [size[a] - layer.span[a] + 1 for a in range(3)]
                 dil = [dil[a] * layer.window[a] for a in range(3)]
                 pools_left -= 1
             else:
+                layer = spec_layer
                 for a in range(3):
                     if (size[a] + 1) % layer.window[a]:  # pragma: no cover - implied by patch
                         raise ShapeError(f"layer {i}: pooling does not tile image size {size[a]}")
@@ -208,7 +213,7 @@ class Network:
                 "(CLI: --weights W.npz or --random-weights SEED)")
         return self.weights
 
-    def with_weights(self, weights: str | os.PathLike | Mapping[str, Any]) -> Network:
+    def with_weights(self, weights: str | os.PathLike[str] | Mapping[str, Any]) -> Network:
         """A copy holding validated weights from an ``.npz`` path or a name→array mapping."""
         return replace(self, weights=_load_weights(self, weights))
 
@@ -225,8 +230,8 @@ class Network:
                 weights[i] = (w.astype(np.float32), b.astype(np.float32))
         return replace(self, weights=weights)
 
-    def save_weights(self, path: str | os.PathLike) -> None:
-        arrays = {}
+    def save_weights(self, path: str | os.PathLike[str]) -> None:
+        arrays: dict[str, Any] = {}
         for i, (w, b) in self.require_weights().items():
             arrays[f"layers.{i}.weight"] = w
             arrays[f"layers.{i}.bias"] = b
@@ -247,8 +252,9 @@ class Network:
 
 
 # ---- loading -------------------------------------------------------------------------------
-def load(spec: str | os.PathLike | Mapping[str, Any],
-         weights: str | os.PathLike | Mapping[str, Any] | None = None) -> Network:
+# ---- loading -------------------------------------------------------------------------------
+def load(spec: str | os.PathLike[str] | Mapping[str, Any],
+         weights: str | os.PathLike[str] | Mapping[str, Any] | None = None) -> Network:
     """Load and validate a network spec (path, bundled name such as ``"n337"``, or dict).
 
     ``weights`` is an ``.npz`` path or a mapping ``layers.<i>.weight``/``layers.<i>.bias`` →
@@ -259,48 +265,92 @@ def load(spec: str | os.PathLike | Mapping[str, Any],
     return net.with_weights(weights) if weights is not None else net
 
 
-def _read_spec(spec: str | os.PathLike) -> Any:
-    path = Path(spec)
-    if not path.exists() and str(spec) in bundled_nets():
-        path = NETS_DIR / f"{spec}.json"
+def shown(value: Any) -> str:
+    """A short repr of an untrusted value for an error message: a plain repr of a deeply
+    nested value raises RecursionError, of an integer over 4300 digits ValueError, and of a
+    long one floods the terminal."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return reprlib.repr(value)
+    except (RecursionError, ValueError):
+        return f"<{type(value).__name__}>"
+
+
+def _names(keys: set[Any]) -> str:
+    """The first few of a set of untrusted keys, for a message."""
+    return ", ".join(sorted(map(shown, keys))[:5]) + (", …" if len(keys) > 5 else "")
+
+
+def read_text(path: str | os.PathLike[str], what: str, error: type[ZnniError], hint: str) -> str:
+    """The text of a spec or plan file, at most :data:`~znni.limits.MAX_JSON_BYTES` of it (a
+    wrong path such as /dev/zero must not fill memory)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(limits.MAX_JSON_BYTES + 1)
     except FileNotFoundError:
-        raise SpecError(f"network spec {str(spec)!r} not found",
-                        f"give a path to a JSON spec or a bundled net: {', '.join(bundled_nets())}")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read network spec {str(spec)!r}: {exc}",
-                        "check the path and that it is a UTF-8 JSON file") from None
+        raise error(f"cannot read {what} {str(path)!r}: not found", hint) from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}", hint) from None
+    if len(raw) > limits.MAX_JSON_BYTES:
+        raise error(f"{what} {str(path)!r} is over {limits.MAX_JSON_BYTES >> 20} MiB: not a "
+                    f"{what}", hint)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{what} {str(path)!r} is not UTF-8 text", hint) from None
+
+
+def parse_json(text: str, where: str, error: type[ZnniError], hint: str) -> Any:
+    """JSON ``text`` of a spec or plan, where every failure is ``error``: Python's parser raises
+    RecursionError for deep nesting and ValueError for integers over 4300 digits, not only
+    JSONDecodeError."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SpecError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
-                        "fix the JSON syntax (see DESIGN §2 for the format)") from None
+        raise error(f"{where}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+                    hint) from None
+    except (RecursionError, ValueError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise error(f"{where}: invalid JSON: {why}", hint) from None
 
 
-def _positive_int(value: Any, where: str, what: str) -> int:
+def _read_spec(spec: str | os.PathLike[str]) -> Any:
+    path = Path(spec)
+    if not path.exists() and str(spec) in bundled_nets():
+        path = NETS_DIR / f"{spec}.json"
+    text = read_text(path, "network spec", SpecError, "give a path to a JSON spec or a bundled "
+                     f"net: {', '.join(bundled_nets())}")
+    return parse_json(text, str(path), SpecError,
+                      "fix the JSON syntax (see docs/design.md §2 for the format)")
+
+
+def _positive_int(value: Any, where: str, what: str, bound: int) -> int:
     # bool is an int subclass; a float like 3.0 is not accepted either: sizes are integers.
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_EXTENT:
-        raise SpecError(f"{where}: {what} must be a positive integer (≤ {_MAX_EXTENT}), "
-                        f"got {value!r}", "use a whole number ≥ 1")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
+        over = isinstance(value, int) and not isinstance(value, bool) and value > bound
+        raise SpecError(f"{where}: {what} must be a positive integer (≤ {bound}), got "
+                        f"{shown(value)}",
+                        f"znni supports up to {bound} (see znni.limits)" if over
+                        else "use a whole number ≥ 1")
     return value
 
 
-def _vec3(value: Any, where: str, what: str) -> Vec3:
+def _vec3(value: Any, where: str, what: str, bound: int) -> Vec3:
     if not isinstance(value, list) or len(value) != 3:
-        raise SpecError(f"{where}: {what} must be a list of 3 integers [z, y, x], got {value!r}",
+        raise SpecError(f"{where}: {what} must be a list of 3 integers [z, y, x], got "
+                        f"{shown(value)}",
                         f"write e.g. \"{what}\": [3, 3, 3] (anisotropic sizes such as [1, 3, 3] "
                         "are allowed)")
-    z, y, x = (_positive_int(v, where, f"{what} entry") for v in value)
+    z, y, x = (_positive_int(v, where, f"{what} entry", bound) for v in value)
     return (z, y, x)
 
 
 def _parse(data: Any) -> Network:
     if not isinstance(data, Mapping):
-        raise SpecError("network spec must be a JSON object", "see DESIGN §2 for the format")
+        raise SpecError("network spec must be a JSON object",
+                        "see docs/design.md §2 for the format")
     unknown = set(data) - _SPEC_KEYS
     if unknown:
-        raise SpecError(f"unknown top-level key(s) {sorted(map(str, unknown))}",
+        raise SpecError(f"unknown top-level key(s) {_names(unknown)}",
                         f"allowed keys: {sorted(_SPEC_KEYS)}")
     name = data.get("name", "unnamed")
     description = data.get("description", "")
@@ -308,10 +358,15 @@ def _parse(data: Any) -> Network:
         raise SpecError("'name' and 'description' must be strings", "quote them in the JSON")
     if "input_channels" not in data:
         raise SpecError("missing key 'input_channels'", "add e.g. \"input_channels\": 1")
-    channels = _positive_int(data["input_channels"], "spec", "'input_channels'")
+    channels = _positive_int(data["input_channels"], "spec", "'input_channels'",
+                             limits.MAX_CHANNELS)
     raw_layers = data.get("layers")
     if not isinstance(raw_layers, list) or not raw_layers:
         raise SpecError("'layers' must be a non-empty list", "add at least one conv layer")
+    if len(raw_layers) > limits.MAX_LAYERS:
+        raise SpecError(f"the network has {len(raw_layers)} layers, more than the "
+                        f"{limits.MAX_LAYERS} znni supports",
+                        "planning time grows with depth; see znni.limits")
     layers: list[Layer] = []
     input_channels = channels
     for i, raw in enumerate(raw_layers):
@@ -323,51 +378,80 @@ def _parse(data: Any) -> Network:
         if kind == "conv":
             _check_keys(raw, _CONV_KEYS, where)
             act = raw.get("activation", "linear")
-            if act not in ACTIVATIONS:
-                raise SpecError(f"{where}: unknown activation {act!r}",
+            if not isinstance(act, str) or act not in ACTIVATIONS:
+                raise SpecError(f"{where}: unknown activation {shown(act)}",
                                 f"use one of {', '.join(ACTIVATIONS)}")
             if "out_channels" not in raw or "kernel" not in raw:
                 raise SpecError(f"{where}: conv needs 'kernel' and 'out_channels'",
                                 "e.g. {\"type\": \"conv\", \"kernel\": [3,3,3], "
                                 "\"out_channels\": 8, \"activation\": \"relu\"}")
-            conv = Conv(input_channels, _positive_int(raw["out_channels"], where, "'out_channels'"),
-                        _vec3(raw["kernel"], where, "kernel"), act)
+            conv = Conv(input_channels, _positive_int(raw["out_channels"], where,
+                                                      "'out_channels'", limits.MAX_CHANNELS),
+                        _vec3(raw["kernel"], where, "kernel", limits.MAX_KERNEL), act)
             layers.append(conv)
             input_channels = conv.out_channels
         elif kind == "pool":
             _check_keys(raw, _POOL_KEYS, where)
             if "window" not in raw:
                 raise SpecError(f"{where}: pool needs 'window'", "e.g. \"window\": [2, 2, 2]")
-            layers.append(Pool(input_channels, _vec3(raw["window"], where, "window")))
+            layers.append(Pool(input_channels, _vec3(raw["window"], where, "window",
+                                                     limits.MAX_WINDOW)))
         else:
-            raise SpecError(f"{where}: unknown layer type {kind!r}", "use \"conv\" or \"pool\"")
+            raise SpecError(f"{where}: unknown layer type {shown(kind)}",
+                            "use \"conv\" or \"pool\"")
     if not any(isinstance(layer, Conv) for layer in layers):
         raise SpecError("the network has no conv layer", "add at least one conv layer")
-    return Network(name, channels, tuple(layers), None, description)
+    net = Network(name, channels, tuple(layers), None, description)
+    _check_size(net)
+    return net
+
+
+def _check_size(net: Network) -> None:
+    """Pools and field of view within :mod:`znni.limits`: each is fine layer by layer, but
+    together they decide how much the planner has to search and how large the smallest patch
+    is (eight pools of 64 make a field of view of 2^48)."""
+    if len(net.pools) > limits.MAX_POOLS:
+        raise SpecError(f"the network has {len(net.pools)} pool layers, more than the "
+                        f"{limits.MAX_POOLS} znni supports",
+                        "each pool adds a pooling mode to the planner's search; see znni.limits")
+    if max(net.fov) > limits.MAX_FOV:
+        raise SpecError(f"the network's field of view {list(net.fov)} exceeds "
+                        f"{limits.MAX_FOV} voxels per axis",
+                        "use fewer or smaller kernels and pools; a patch of that field of view "
+                        "would need terabytes")
 
 
 def _check_keys(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = set(raw) - allowed
     if unknown:
-        raise SpecError(f"{where}: unknown key(s) {sorted(map(str, unknown))}",
-                        f"a {raw.get('type')} layer allows {sorted(allowed)}")
+        raise SpecError(f"{where}: unknown key(s) {_names(unknown)}",
+                        f"a {shown(raw.get('type'))} layer allows {sorted(allowed)}")
 
 
-def _load_weights(net: Network, source: str | os.PathLike | Mapping[str, Any]
+def _read_npz(source: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file. ``allow_pickle=False``: a weights file must never execute
+    code; ``mmap_mode``: a (refused) ``.npy`` is mapped, not read."""
+    hint = "it must be an .npz written by numpy.savez (no pickles)"
+    try:
+        loaded = np.load(source, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise WeightsError(f"weights file {str(source)!r} not found",
+                           "check the path, or use --random-weights SEED") from None
+    except Exception as exc:  # noqa: BLE001 - numpy, zipfile, zlib: many kinds for a bad file
+        raise WeightsError(f"cannot read weights {str(source)!r}: {exc}", hint) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise WeightsError(f"weights {str(source)!r} hold a single array (.npy), not an archive "
+                           "of named arrays", hint)
+    try:
+        with loaded as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception as exc:  # noqa: BLE001 - a damaged member: BadZipFile, zlib.error, …
+        raise WeightsError(f"cannot read weights {str(source)!r}: {exc}", hint) from None
+
+
+def _load_weights(net: Network, source: str | os.PathLike[str] | Mapping[str, Any]
                   ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    if isinstance(source, Mapping):
-        arrays = dict(source)
-    else:
-        try:
-            # allow_pickle=False: a weights file must never execute code.
-            with np.load(source, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except FileNotFoundError:
-            raise WeightsError(f"weights file {str(source)!r} not found",
-                               "check the path, or use --random-weights SEED") from None
-        except (OSError, ValueError, EOFError) as exc:
-            raise WeightsError(f"cannot read weights {str(source)!r}: {exc}",
-                               "it must be an .npz written by numpy.savez (no pickles)") from None
+    arrays = dict(source) if isinstance(source, Mapping) else _read_npz(source)
     weights: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     expected: set[str] = set()
     for i, layer in enumerate(net.layers):
@@ -400,7 +484,7 @@ def _load_weights(net: Network, source: str | os.PathLike | Mapping[str, Any]
         weights[i] = (checked[0], checked[1])
     extra = set(arrays) - expected
     if extra:
-        raise WeightsError(f"unexpected weight array(s) {sorted(extra)[:5]}",
+        raise WeightsError(f"unexpected weight array(s) {_names(extra)}",
                            "keys must be layers.<i>.weight / layers.<i>.bias of conv layers; "
                            "is this the weights file of another network?")
     return weights

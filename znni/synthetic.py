@@ -18,4 +18,5 @@ def em_like_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
         field += np.cos(k[0] * axes[0] + k[1] * axes[1] + k[2] * axes[2] + phase)
     image = 200.0 - 150.0 * np.exp(-(field / 0.35) ** 2)  # dark where the field crosses zero
     image += rng.normal(0, 12, size=shape).astype(np.float32)
-    return np.clip(image, 0, 255).astype(np.uint8)
+    volume: np.ndarray = np.clip(image, 0, 255).astype(np.uint8)
+    return volume

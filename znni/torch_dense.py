@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .activations import torch_function
 from .errors import ZnniError
 from .primitives.mpf import recombine
 from .spec import Conv, Network, Pool
@@ -35,11 +36,6 @@ def require_torch() -> Any:
         raise ZnniError("PyTorch is not installed", "pip install 'znni[bench]' "
                         "(or pip install torch==2.13.0 for the CPU build)") from None
     return torch
-
-
-def _activation(torch: Any, name: str) -> Any:
-    return {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
-            "linear": lambda v: v}[name]
 
 
 class TorchDense:
@@ -69,7 +65,8 @@ class TorchDense:
             x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None]
             x = x.to(memory_format=self.memory_format)
             out = self._dilated(x) if self.form == "dilated" else self._mpf(x)
-        return out[0].numpy()
+        result: np.ndarray = out[0].numpy()
+        return result
 
     def _dilated(self, x: Any) -> Any:
         f = self.torch.nn.functional
@@ -77,7 +74,7 @@ class TorchDense:
         for i, layer in enumerate(self.net.layers):
             if isinstance(layer, Conv):
                 w, b = self.params[i]
-                x = _activation(self.torch, layer.activation)(
+                x = torch_function(self.torch, layer.activation)(
                     f.conv3d(x, w, b, dilation=tuple(dilation)))
             else:
                 assert isinstance(layer, Pool)
@@ -105,7 +102,7 @@ class TorchDense:
         for i, layer in enumerate(self.net.layers):
             if isinstance(layer, Conv):
                 w, b = self.params[i]
-                x = _activation(torch, layer.activation)(f.conv3d(x, w, b))
+                x = torch_function(torch, layer.activation)(f.conv3d(x, w, b))
             else:
                 assert isinstance(layer, Pool)
                 p = layer.window

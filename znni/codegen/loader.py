@@ -49,8 +49,10 @@ class KernelModule:
         """``znni_layer_forward`` on C-contiguous float32 arrays (batch: ``x.shape[0]``)."""
         rc = self._call(self.lib.znni_layer_forward, x, out, weights, bias,
                         x.shape[0] if batch is None else batch, threads)
-        if rc != 0:  # pragma: no cover - no kernel has a failure path today
-            raise RuntimeError(f"kernel {self.path.name} returned {rc}")
+        if rc != 0:  # the direct and Winograd kernels return 1 when a scratch malloc fails
+            raise ZnniError(f"kernel {self.path.name} could not allocate its per-thread scratch "
+                            f"memory (returned {rc})",
+                            "free memory, or plan for a smaller --memory or fewer --threads")
 
     def gpu_host_forward(self, x: np.ndarray, out: np.ndarray, chunk: int,
                          weights: np.ndarray | None = None,
@@ -85,9 +87,14 @@ def cuda_error(what: str, rc: int) -> ZnniError:
 
 
 def _open(path: Path) -> KernelModule:
-    lib = _ffi().dlopen(str(path))
-    version = lib.znni_abi_version()
+    """dlopen a module from the cache; an OSError if it is not a znni module of this ABI
+    version (closed again, so that a rebuilt file at the same path is loaded afresh)."""
+    ffi = _ffi()
+    lib = ffi.dlopen(str(path))
+    # getattr's default: cffi raises AttributeError for a shared object without the symbol.
+    version = getattr(lib, "znni_abi_version", lambda: "missing")()
     if version != ABI_VERSION:
+        ffi.dlclose(lib)
         raise OSError(f"ABI version {version}, expected {ABI_VERSION}")
     return KernelModule(path, lib)
 
@@ -100,7 +107,7 @@ def _load_source(source: str, toolchain: kernel_cache.Toolchain, label: str) -> 
         module = _open(path)
     except OSError as exc:
         # A cache entry that passes its checksum but will not load (e.g. written by another
-        # libc): treat as a miss, rebuild once.
+        # libc, or not a znni module at all): treat as a miss, rebuild once.
         log.warning("cached kernel %s failed to load (%s); rebuilding", path.name, exc)
         path = kernel_cache.build(source, toolchain, label, force=True)
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-from ..spec import ACTIVATIONS
+from ..activations import ACTIVATIONS
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 ABI_HEADER = TEMPLATE_DIR / "znni_abi.h"
@@ -28,7 +28,7 @@ ContextValue = int | str
 
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
@@ -36,6 +36,10 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    # an activation name (a validated enum) → its fixed C++ or CUDA expression in a float v
+    env.filters["cpp_activation"] = lambda name: ACTIVATIONS[name].cpp
+    env.filters["cuda_activation"] = lambda name: ACTIVATIONS[name].cuda
+    return env
 
 
 def check_context(context: Mapping[str, ContextValue]) -> None:

@@ -20,7 +20,9 @@ def run_compiler(compiler: str, what: str, install_hint: str, args: list[str], h
     exe = shutil.which(compiler)
     if exe is None:
         raise CompileError(f"{what} {compiler!r} not found", install_hint)
-    proc = subprocess.run([exe, *args], capture_output=True, text=True,
+    # An argument list, no shell: the compiler (resolved above, e.g. ZNNI_CXX) and its flags
+    # are the user's own configuration, and the source and output paths are znni's.
+    proc = subprocess.run([exe, *args], capture_output=True, text=True,  # noqa: S603
                           stdin=subprocess.DEVNULL, check=False)
     if proc.returncode != 0:
         raise CompileError(f"{compiler} failed (exit {proc.returncode})", hint,

@@ -19,6 +19,7 @@ The library is FFTW 3's single precision one: ``ZNNI_FFTW_LIBRARY`` if set, else
 
 from __future__ import annotations
 
+import contextlib
 import ctypes.util
 import hashlib
 import importlib.util
@@ -33,6 +34,7 @@ import cffi
 import numpy as np
 
 from .. import config
+from ..codegen.private_files import read_private, write_private
 from ..errors import ZnniError
 
 _CDEF = """
@@ -133,10 +135,8 @@ class Fftw:
         self.plans: dict[_Geometry, Any] = {}
         self.lock = threading.Lock()
         self.lib.fftwf_set_timelimit(config.fftw_timelimit())
-        try:
-            self.lib.fftwf_import_wisdom_from_string(self.wisdom_path().read_bytes())
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            self.lib.fftwf_import_wisdom_from_string(read_private(self.wisdom_path()))
 
     def wisdom_path(self) -> Path:
         """Wisdom is per library file (another FFTW build would misread it)."""
@@ -150,10 +150,7 @@ class Fftw:
             data = self.ffi.string(text)
         finally:
             self.lib.fftwf_free(text)
-        path = self.wisdom_path()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_private(self.wisdom_path(), data)
 
     def plan(self, g: _Geometry) -> Any:
         with self.lock:  # FFTW's planner is not thread-safe
@@ -255,7 +252,7 @@ def transform(kind: str, src: np.ndarray, dst: np.ndarray, axis: int, threads: i
         raise ValueError("transform views must be strided in whole elements")
     if src.size == 0:
         return
-    n = {"r2c": src.shape[axis], "c2r": dst.shape[axis]}.get(kind, src.shape[axis])
+    n = dst.shape[axis] if kind == "c2r" else src.shape[axis]  # the real length for r2c/c2r
     axes = [_Axis(src.shape[a], src.strides[a] // src_item, dst.strides[a] // dst_item)
             for a in others]
     # The slab's lines: the non-transform axis with the smallest stride (longest in memory).

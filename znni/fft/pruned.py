@@ -1,4 +1,4 @@
-"""Pruned 3D real FFTs (DESIGN §5.3) as three passes of batched 1D transforms.
+"""Pruned 3D real FFTs (docs/design.md §5.3) as three passes of batched 1D transforms.
 
 Forward, for real data whose non-zero part is ``a×b×c`` inside an ``N0×N1×N2`` transform: the r2c
 pass along x runs on the a·b non-zero rows only, the y pass on the a non-zero planes only, the

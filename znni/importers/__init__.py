@@ -14,7 +14,7 @@ from ..spec import Network
 from .chain import UnsupportedModelError
 
 
-def import_model(path: str | os.PathLike, spec: str | os.PathLike | None = None,
+def import_model(path: str | os.PathLike[str], spec: str | os.PathLike[str] | None = None,
                  trust_pickle: bool = False, check: bool = True) -> Network:
     """The network of a model file: ``.onnx`` → ONNX, anything else → PyTorch (TorchScript,
     state_dict with ``spec``, or a pickled module with ``trust_pickle``)."""

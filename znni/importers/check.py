@@ -6,7 +6,7 @@ dense output at every F-th voxel. The imported network, run the same strided way
 (:func:`strided_forward`, float64 numpy), must agree. This catches what the layer-by-layer
 translation cannot see, e.g. a ``forward`` that is not the chain of its children (skip
 connections, functional calls). That the dense output (znni's, the oracle's) equals the strided
-one at every F-th voxel is DESIGN §3, tested elsewhere; the strided form costs a fraction of
+one at every F-th voxel is docs/design.md §3, tested elsewhere; the strided form costs a fraction of
 the dense oracle (an n337-sized import: 30 s instead of 70 s on this 2-core machine, most of it
 the first two layers).
 """
@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..activations import apply
 from ..spec import Conv, Network
 from .chain import UnsupportedModelError
 
@@ -24,11 +25,6 @@ from .chain import UnsupportedModelError
 TOLERANCE = 1e-4
 
 SourceForward = Callable[[np.ndarray], np.ndarray]
-
-ACTIVATE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "relu": lambda v: np.maximum(v, 0), "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
-    "tanh": np.tanh, "linear": lambda v: v}
-
 
 def correlate(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Valid correlation of ``x`` (C, Z, Y, X) with ``w`` (out, C, kz, ky, kx), tap by tap
@@ -48,8 +44,9 @@ def max_pool(x: np.ndarray, window: tuple[int, int, int]) -> np.ndarray:
     """Max pooling with stride = window, floor mode, of ``x`` (C, Z, Y, X)."""
     m = [x.shape[1 + a] // window[a] for a in range(3)]
     x = x[:, :m[0] * window[0], :m[1] * window[1], :m[2] * window[2]]
-    return x.reshape(x.shape[0], m[0], window[0], m[1], window[1], m[2], window[2]).max(
-        axis=(2, 4, 6))
+    out: np.ndarray = x.reshape(x.shape[0], m[0], window[0], m[1], window[1], m[2],
+                                window[2]).max(axis=(2, 4, 6))
+    return out
 
 
 def strided_forward(net: Network, x: np.ndarray) -> np.ndarray:
@@ -59,8 +56,8 @@ def strided_forward(net: Network, x: np.ndarray) -> np.ndarray:
     for i, layer in enumerate(net.layers):
         if isinstance(layer, Conv):
             w, b = weights[i]
-            t = ACTIVATE[layer.activation](correlate(t, w.astype(np.float64))
-                                           + b.astype(np.float64)[:, None, None, None])
+            t = apply(layer.activation, correlate(t, w.astype(np.float64))
+                      + b.astype(np.float64)[:, None, None, None])
         else:
             t = max_pool(t, layer.window)
     return t
@@ -79,7 +76,7 @@ def check_import(net: Network, source: SourceForward, what: str, seed: int = 0) 
     x = check_input(net, seed=seed)
     try:
         expected = np.asarray(source(x), dtype=np.float64)
-    except Exception as exc:  # the model's own forward failed: the chain guess was wrong
+    except Exception as exc:  # noqa: BLE001 - the model's own forward failed: wrong chain guess
         raise UnsupportedModelError(
             f"cannot run {what} on a {list(x.shape)} input to check the import: {exc}",
             "znni imports plain chains (each layer's output is the next one's input)") from None

@@ -20,15 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from ..activations import apply, from_onnx
 from ..errors import SpecError, ZnniError
 from ..spec import Network
 from .chain import ChainBuilder, UnsupportedModelError, unsupported
-from .check import ACTIVATE, check_import, correlate, max_pool
+from .check import check_import, correlate, max_pool
 
-_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Identity": "linear",
-                "Dropout": "linear"}
-_HINT_OPS = ("znni imports Conv, MaxPool, BatchNormalization, Relu, Sigmoid, Tanh, Identity and "
-             "Dropout")
+_ACTIVATIONS = from_onnx()
+_HINT_OPS = f"znni imports Conv, MaxPool, BatchNormalization, {', '.join(_ACTIVATIONS)}"
 
 
 def require_onnx() -> Any:
@@ -63,7 +62,12 @@ def _chain(onnx: Any, model: Any) -> Chain:
             raise UnsupportedModelError(f"initializer {tensor.name!r} keeps its data in an "
                                         "external file", "save the model with all tensors "
                                         "inside (onnx.save(model, PATH))")
-        params[tensor.name] = onnx.numpy_helper.to_array(tensor)
+        try:
+            params[tensor.name] = onnx.numpy_helper.to_array(tensor)
+        except (ValueError, TypeError, KeyError) as exc:  # dims ≠ data, unknown data type
+            raise UnsupportedModelError(f"initializer {tensor.name!r} cannot be read: {exc}",
+                                        "its dims, data type and data disagree: re-export "
+                                        "the model") from None
     inputs = [i.name for i in graph.input if i.name not in params]
     if len(inputs) != 1 or len(graph.output) != 1:
         raise UnsupportedModelError(f"the graph has {len(inputs)} inputs and {len(graph.output)} "
@@ -174,11 +178,12 @@ def _evaluate(chain: Chain, x: np.ndarray) -> np.ndarray:
                                        for a in params)
             t = (t - mean) / np.sqrt(var + float(attrs.get("epsilon", 1e-5))) * scale + shift
         else:
-            t = ACTIVATE[_ACTIVATIONS[op]](t)
-    return t[None]
+            t = apply(_ACTIVATIONS[op], t.copy())
+    out: np.ndarray = t[None]
+    return out
 
 
-def load_file(path: str | os.PathLike, check: bool = True) -> Network:
+def load_file(path: str | os.PathLike[str], check: bool = True) -> Network:
     """The znni network of an ``.onnx`` file (checked against the graph itself)."""
     onnx = require_onnx()
     path = Path(path)
@@ -186,7 +191,7 @@ def load_file(path: str | os.PathLike, check: bool = True) -> Network:
         model = onnx.load(str(path), load_external_data=False)
     except FileNotFoundError:
         raise SpecError(f"model file {str(path)!r} not found", "check the path") from None
-    except Exception as exc:  # protobuf's DecodeError and friends
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
         raise UnsupportedModelError(f"{path} is not a readable ONNX model: {exc}",
                                     "export it with torch.onnx.export or onnx.save") from None
     chain = _chain(onnx, model)

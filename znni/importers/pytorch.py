@@ -22,16 +22,16 @@ from typing import Any
 
 import numpy as np
 
+from ..activations import from_torch_modules, torch_function
 from ..errors import SpecError, ZnniError
 from ..spec import Conv, Network, load
 from ..torch_dense import require_torch
 from .chain import ChainBuilder, UnsupportedModelError, unsupported
 from .check import check_import
 
-_ACTIVATIONS = {"ReLU": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Identity": "linear",
-                "Dropout": "linear", "Dropout3d": "linear"}
-_HINT_LAYERS = ("znni imports Conv3d, BatchNorm3d, MaxPool3d, ReLU, Sigmoid, Tanh, Identity "
-                "and Dropout (exactly these classes, not subclasses)")
+_ACTIVATIONS = from_torch_modules()
+_HINT_LAYERS = (f"znni imports Conv3d, BatchNorm3d, MaxPool3d, {', '.join(_ACTIVATIONS)} "
+                "(exactly these classes, not subclasses)")
 
 
 def _require_torch() -> Any:
@@ -56,8 +56,14 @@ def _triple(value: Any) -> tuple[int, int, int]:
     return (int(t[0]), int(t[1]), int(t[2]))
 
 
-def _array(tensor: Any) -> np.ndarray | None:
-    return None if tensor is None else tensor.detach().cpu().double().numpy()
+def _array(tensor: Any) -> np.ndarray:
+    out: np.ndarray = tensor.detach().cpu().double().numpy()
+    return out
+
+
+def _optional(tensor: Any) -> np.ndarray | None:
+    """An optional parameter (a bias, BatchNorm's affine terms) as float64, or None."""
+    return None if tensor is None else _array(tensor)
 
 
 def _leaves(module: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -86,7 +92,7 @@ def _conv(builder: ChainBuilder, node: str, m: Any) -> None:
                           "znni's dilations come from its own pooling; use dilation=1")
     if int(m.groups) != 1:
         raise unsupported(node, what, f"groups={m.groups}", "use groups=1")
-    builder.conv(node, _array(m.weight), _array(m.bias))
+    builder.conv(node, _array(m.weight), _optional(m.bias))
 
 
 def _pool(builder: ChainBuilder, node: str, m: Any) -> None:
@@ -112,7 +118,7 @@ def _translate(module: Any) -> ChainBuilder:
         if kind == "Conv3d":
             _conv(builder, node, m)
         elif kind == "BatchNorm3d":
-            builder.batchnorm(node, _array(m.weight), _array(m.bias), _array(m.running_mean),
+            builder.batchnorm(node, _optional(m.weight), _optional(m.bias), _array(m.running_mean),
                               _array(m.running_var), float(m.eps))
         elif kind == "MaxPool3d":
             _pool(builder, node, m)
@@ -140,7 +146,7 @@ def from_module(module: Any, name: str | None = None, check: bool = True) -> Net
     return net
 
 
-def from_state_dict(state: Mapping[str, Any], spec: str | os.PathLike | Mapping[str, Any],
+def from_state_dict(state: Mapping[str, Any], spec: str | os.PathLike[str] | Mapping[str, Any],
                     check: bool = True, bn_eps: float = 1e-5) -> Network:
     """The network of a znni ``spec`` with the weights of a PyTorch ``state_dict``.
 
@@ -156,7 +162,7 @@ def from_state_dict(state: Mapping[str, Any], spec: str | os.PathLike | Mapping[
             groups.setdefault(prefix, {})[attr] = _array(value)
     entries = list(groups.items())
     builder = ChainBuilder()
-    layers = []  # (kind, ...) for the check's functional forward
+    layers: list[tuple[Any, ...]] = []  # (kind, ...) for the check's functional forward
     for i, layer in enumerate(topology.layers):
         if not isinstance(layer, Conv):
             builder.pool(f"layers.{i}", layer.window)
@@ -207,12 +213,11 @@ def _functional(torch: Any, layers: list[tuple[Any, ...]], eps: float, x: np.nda
         if bn is not None:
             t = f.batch_norm(t, tensor(bn["running_mean"]), tensor(bn["running_var"]),
                              tensor(bn.get("weight")), tensor(bn.get("bias")), False, 0.0, eps)
-        t = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
-             "linear": lambda v: v}[activation](t)
+        t = torch_function(torch, activation)(t)
     return t.numpy()
 
 
-def load_file(path: str | os.PathLike, spec: str | os.PathLike | None = None,
+def load_file(path: str | os.PathLike[str], spec: str | os.PathLike[str] | None = None,
               trust_pickle: bool = False, check: bool = True) -> Network:
     """Import a PyTorch file: a state_dict (with ``spec``), a TorchScript archive, or — only
     with ``trust_pickle`` — a pickled ``nn.Module``."""
@@ -250,7 +255,7 @@ def load_file(path: str | os.PathLike, spec: str | os.PathLike | None = None,
 def _load_weights_only(torch: Any, path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, … for foreign files
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, … for foreign files
         raise UnsupportedModelError(
             f"{path} cannot be read as a tensor-only torch file: {str(exc).splitlines()[0]}",
             "a pickled nn.Module needs --trust-pickle (it runs code from the file); prefer "

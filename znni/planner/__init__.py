@@ -1,7 +1,8 @@
 """Plans: which primitive runs each layer, on which shapes, with how much memory — and the
 search that picks the fastest one under a memory budget."""
 
-from .device import Device, this_machine
+from ..hardware import Device
+from .device import this_machine
 from .plan import Alternative, LayerPlan, Plan, Planning, default_patch, make_plan, network_digest
 from .search import plan
 

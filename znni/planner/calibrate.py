@@ -1,4 +1,4 @@
-"""Measure this machine's :class:`~znni.planner.device.Device` rates with small probes.
+"""Measure this machine's :class:`~znni.hardware.Device` rates with small probes.
 
 Each probe runs znni's own kernels (same toolchain, same flags) on a shape chosen to isolate one
 rate: an FMA loop (peak), a cache-friendly direct conv, an in-cache spectral MAC, batched FFTW
@@ -13,6 +13,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 
@@ -21,8 +22,11 @@ import psutil
 
 from ..codegen.loader import default_toolchain, load_kernel
 from ..fft.pruned import SpectralShape, forward_unpruned
+from ..hardware import Device, cpu_model
+from ..primitives import PRIMITIVES, Step
+from ..primitives.direct import useful_fraction
+from ..primitives.fft import FftGeometry, mac_source
 from ..spec import Conv, Pool
-from .device import Device, cpu_model
 
 log = logging.getLogger("znni")
 
@@ -82,8 +86,6 @@ def peak_flops(threads: int, repeats: int = 5, kilo_iterations: int = 20000) -> 
 
 def _conv_rate(primitive: str, layer: Conv, shape: tuple[int, int, int, int, int],
                threads: int, work: Callable[[object], float]) -> float:
-    from ..primitives import PRIMITIVES
-
     rng = np.random.default_rng(0)
     w = rng.standard_normal((layer.out_channels, layer.in_channels, *layer.kernel),
                             dtype=np.float32)
@@ -95,8 +97,6 @@ def _conv_rate(primitive: str, layer: Conv, shape: tuple[int, int, int, int, int
 
 def direct_flops(threads: int) -> float:
     """Computed-lane FLOP/s of the direct kernel (useful FLOPs ÷ useful-lane fraction)."""
-    from ..primitives.direct import useful_fraction
-
     layer = Conv(32, 32, (3, 3, 3), "relu")
     shape = (1, 32, 34, 34, 34)
     flops = 2 * 32 * 32 * 27 * 32 ** 3
@@ -106,8 +106,6 @@ def direct_flops(threads: int) -> float:
 
 def mac_flops(threads: int) -> float:
     """Spectral MAC FLOP/s with its spectra in cache (8 FLOPs per complex multiply-add)."""
-    from ..primitives.fft import FftGeometry, mac_source
-
     layer = Conv(64, 64, (3, 3, 3), "relu")
     shape = (8, 64, 8, 8, 8)
     g = FftGeometry.of(layer, shape, True, False, default_toolchain().vector_width)
@@ -118,8 +116,12 @@ def mac_flops(threads: int) -> float:
         a.fill(0.5)
     flops = 8 * 8 * g.out_chunk * g.in_block * g.nfp
     calls = 100
-    seconds = median_seconds(
-        lambda: [module.forward(x, out, threads, k, batch=8) for _ in range(calls)], 5)
+
+    def run_calls() -> None:
+        for _ in range(calls):
+            module.forward(x, out, threads, k, batch=8)
+
+    seconds = median_seconds(run_calls, 5)
     return calls * flops / seconds
 
 
@@ -132,7 +134,7 @@ def fft_flops(threads: int) -> float:
     out = shape.buffer(batch)
     n = 64 ** 3
     seconds = median_seconds(lambda: forward_unpruned(x, shape, threads, out=out), 3)
-    return batch * 2.5 * n * np.log2(n) / seconds
+    return batch * 2.5 * n * math.log2(n) / seconds
 
 
 def bandwidth(threads: int) -> float:
@@ -144,9 +146,20 @@ def bandwidth(threads: int) -> float:
 
 def fresh_bandwidth() -> float:
     """Bytes/s written to memory just allocated (page faults, zeroing by the OS), as every
-    layer's output and scratch tensors are: a buffer too large for malloc to recycle."""
-    size = 1 << 28  # 256 MiB
-    return size / median_seconds(lambda: np.empty(size, np.uint8).fill(1), 5)
+    layer's output and scratch tensors are: buffers too large for malloc to recycle.
+
+    Mean rate over two fills of a fresh 512 MiB buffer, the first on pages the process never
+    had, the second on pages it just gave back. On bare metal both cost the same. In a VM
+    whose host reclaims the guest's free pages (free page reporting, DAMON) the first is up to
+    10× slower (0.6 against 5 GB/s here), and a run's tensors land on a mix of both: n337's
+    3.7 GB first layer filled at 1.2 GB/s, where a median of hot refills (7 GB/s) had
+    predicted 0.6 s for a layer that took 3.3 s."""
+    size, seconds = 1 << 29, 0.0
+    for _ in range(2):
+        start = time.perf_counter()
+        np.empty(size, np.uint8).fill(1)
+        seconds += time.perf_counter() - start
+    return 2 * size / seconds
 
 
 Probe = tuple[Conv | Pool, tuple[int, int, int, int, int]]
@@ -187,10 +200,6 @@ def corrections(device: Device) -> Corrections:
     """Per primitive, measured ÷ modelled seconds on its probes (median of 3–15 runs after a
     warm-up; every probe's kernels compiled first, in parallel): per probe image size for
     SIZED primitives, else their geometric mean."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..primitives import PRIMITIVES
-
     rng = np.random.default_rng(0)
     jobs = [(name, layer, shape, None if not isinstance(layer, Conv) else (
                 rng.standard_normal((layer.out_channels, layer.in_channels, *layer.kernel),
@@ -199,26 +208,27 @@ def corrections(device: Device) -> Corrections:
             for name, probes in PROBES.items() for layer, shape in probes]
 
     def prepare(job: tuple[str, Conv | Pool, tuple[int, int, int, int, int],
-                           tuple[np.ndarray, np.ndarray] | None]) -> object:
+                           tuple[np.ndarray, np.ndarray] | None]) -> Step:
         name, layer, shape, weights = job
         return PRIMITIVES[name].prepare(0, layer, shape, weights, device.threads)
 
     with ThreadPoolExecutor(max_workers=max(1, device.threads)) as pool:
         steps = list(pool.map(prepare, jobs))  # g++ runs outside the GIL
     points: dict[str, list[tuple[int, float]]] = {}
-    for (name, layer, shape, _), step in zip(jobs, steps):
+    for (name, layer, shape, _), step in zip(jobs, steps, strict=True):
         x = rng.random(shape, dtype=np.float32)
         # a sized primitive has one point per size: nothing else averages its noise
-        seconds = median_seconds(partial(step.run, x, 0),  # type: ignore[attr-defined]
+        seconds = median_seconds(partial(step.run, x, 0),
                                  5 if name in SIZED else 3, budget=0.6)
         model = PRIMITIVES[name].estimate(layer, shape, device)
         points.setdefault(name, []).append((math.prod(shape[2:]), seconds / model))
     found = {}
     for name, measured in points.items():
+        kept = measured
         if name not in SIZED:
             factor = math.exp(statistics.fmean(math.log(r) for _, r in measured))
-            measured = [(measured[0][0], factor)]
-        found[name] = tuple(sorted(measured))
+            kept = [(measured[0][0], factor)]
+        found[name] = tuple(sorted(kept))
     for name, source in SHARED_CORRECTIONS.items():
         found[name] = found[source]
     return tuple(sorted(found.items()))
@@ -228,12 +238,13 @@ def calibrate(threads: int) -> Device:
     """Measure every rate of this machine for ``threads`` threads, then fit the model's
     per-primitive corrections on the real kernels."""
     start = time.perf_counter()
+    fresh = fresh_bandwidth()  # first: before other probes leave just-freed pages behind
     rates = Device(
         name=f"{cpu_model()} ({threads} threads)", threads=threads,
         memory_bytes=int(psutil.virtual_memory().total),
         peak_flops=peak_flops(threads), direct_flops=direct_flops(threads),
         mac_flops=mac_flops(threads), fft_flops=fft_flops(threads),
-        bandwidth=bandwidth(threads), fresh_bandwidth=fresh_bandwidth())
+        bandwidth=bandwidth(threads), fresh_bandwidth=fresh)
     device = replace(rates, corrections=corrections(rates))
     log.info("calibrated %s in %.1f s: %s", device.name, time.perf_counter() - start,
              "; ".join(f"{name} " + " ".join(f"×{c:.2f}" for _, c in points)

@@ -1,192 +1,35 @@
-"""Device descriptions: the handful of rates the cost model needs, as plain JSON.
+"""This machine's description, and descriptions read from files, checked against the primitives.
 
-A description can be measured on this machine (:func:`this_machine`, cached per CPU model,
-thread count and znni version) or written by hand for a machine you are not on
-(``znni plan NET --device other.json``), so plans can be made anywhere.
+:class:`~znni.hardware.Device` is plain data (:mod:`znni.hardware`); here it meets the planner:
+:func:`this_machine` measures it once per CPU model, thread count and znni version
+(:mod:`.calibrate`) and caches it, and :func:`load_device` refuses corrections for primitives
+this version does not have.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-import math
 import os
-import platform
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from functools import cache
 from pathlib import Path
-from typing import Any
 
-from .. import __version__, config
+from .. import config
+from ..codegen.private_files import private_dir, read_private, write_private
 from ..errors import PlanError
-from .gpu_device import GpuSpec
-
-DEVICE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Device:
-    """Rates in FLOP/s and bytes/s, all for ``threads`` threads.
-
-    - ``peak_flops``: an FMA loop on registers (the ceiling; for reporting efficiency).
-    - ``direct_flops``: the generated direct conv on a cache-friendly layer, counting every
-      computed lane (the model scales it by the useful-lane fraction of each shape).
-    - ``mac_flops``: the spectral MAC on spectra resident in cache.
-    - ``fft_flops``: FFTW batched 3D r2c transforms, at 2.5·N·log2 N FLOPs per transform.
-    - ``bandwidth``: a large array copy (read + write bytes per second).
-    - ``fresh_bandwidth``: bytes per second written to freshly allocated memory (the first
-      touch of a page faults and the OS zeroes it: every layer's output and scratch is fresh,
-      and on some VMs that is 3–10× slower than writing mapped memory). Optional in a
-      hand-written description: a quarter of ``bandwidth``.
-    - ``corrections``: per primitive, measured ÷ modelled seconds of the real kernels on the
-      calibration's probe layers (what the model's rates do not capture: FFTW's speed on
-      these sizes, conversions, Python between stages), as ``(image voxels, factor)`` points:
-      between two points the factor is interpolated in log image size, beyond them the
-      nearest is used; 1 where absent.
-    - ``gpu``: for ``kind`` "gpu", the card (the rates above are then its host's).
-    """
-
-    name: str
-    threads: int
-    memory_bytes: int
-    peak_flops: float
-    direct_flops: float
-    mac_flops: float
-    fft_flops: float
-    bandwidth: float
-    fresh_bandwidth: float = 0.0  # 0: not given (see fresh_rate)
-    corrections: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()
-    kind: str = "cpu"
-    gpu: GpuSpec | None = None
-
-    @property
-    def fresh_rate(self) -> float:
-        """``fresh_bandwidth``, or a quarter of ``bandwidth`` where a description lacks it."""
-        return self.fresh_bandwidth or self.bandwidth / 4
-
-    def correction(self, primitive: str, image_voxels: int) -> float:
-        """The calibrated factor for ``primitive`` on images of ``image_voxels`` voxels."""
-        points = dict(self.corrections).get(primitive)
-        if not points:
-            return 1.0
-        if image_voxels <= points[0][0]:
-            return points[0][1]
-        for (v0, c0), (v1, c1) in itertools.pairwise(points):
-            if image_voxels <= v1:
-                t = math.log(image_voxels / v0) / math.log(v1 / v0)
-                return math.exp((1 - t) * math.log(c0) + t * math.log(c1))
-        return points[-1][1]
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if self.gpu is None:
-            del data["gpu"]
-        if not self.fresh_bandwidth:
-            del data["fresh_bandwidth"]
-        data["corrections"] = {name: [list(p) for p in points]
-                               for name, points in self.corrections}
-        return {"version": DEVICE_VERSION, **data}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "device description") -> Device:
-        if not isinstance(data, Mapping) or data.get("version") != DEVICE_VERSION:
-            raise PlanError(f"{source}: not a znni device description (version "
-                            f"{DEVICE_VERSION} expected)",
-                            "start from `znni plan --show-device --json` or the bundled examples")
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name in ("gpu", "corrections"):
-                continue  # parsed below
-            if f.name not in data:
-                if f.name in ("kind", "fresh_bandwidth"):
-                    continue
-                raise PlanError(f"{source}: missing {f.name!r}", "add it (see DESIGN §7)")
-            value = data[f.name]
-            if f.name in ("name", "kind"):
-                if not isinstance(value, str):
-                    raise PlanError(f"{source}: {f.name!r} must be a string", "fix the file")
-            elif (isinstance(value, bool) or not isinstance(value, (int, float))
-                  or not math.isfinite(value) or value <= 0):
-                raise PlanError(f"{source}: {f.name!r} must be a positive number, got {value!r}",
-                                "fix the file")
-            values[f.name] = value
-        if values.get("kind", "cpu") not in ("cpu", "gpu"):
-            raise PlanError(f"{source}: device kind {values['kind']!r} is not supported",
-                            "use kind 'cpu' or 'gpu'")
-        if values.get("kind") == "gpu":
-            values["gpu"] = GpuSpec.from_dict(data.get("gpu"), source)
-        values["threads"] = int(values["threads"])
-        values["memory_bytes"] = int(values["memory_bytes"])
-        values["corrections"] = _corrections(data.get("corrections", {}), source)
-        return cls(**values)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Device:
-        """From a JSON file, or a bundled description by name (see :func:`bundled_devices`)."""
-        p = Path(path)
-        if not p.exists() and str(path) in bundled_devices():
-            p = bundled_devices()[str(path)]
-        try:
-            data = json.loads(p.read_text())
-        except OSError as exc:
-            raise PlanError(f"cannot read device description {str(p)!r}: {exc.strerror}",
-                            "check the path") from None
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"device description {str(p)!r} is not valid JSON: {exc.msg} at line "
-                            f"{exc.lineno}", "fix the file") from None
-        return cls.from_dict(data, str(p))
+from ..hardware import Device, cpu_model
+from ..primitives import PRIMITIVES
+from ..version import __version__
+from .calibrate import calibrate
 
 
-def _positive(value: Any) -> bool:
-    return (not isinstance(value, bool) and isinstance(value, (int, float))
-            and math.isfinite(value) and value > 0)
-
-
-def _corrections(data: Any, source: str) -> tuple[tuple[str, tuple[tuple[int, float], ...]],
-                                                     ...]:
-    from ..primitives import PRIMITIVES
-
-    if not isinstance(data, Mapping):
-        raise PlanError(f"{source}: 'corrections' must be an object", "fix the file")
-    out = []
-    for name, points in sorted(data.items()):
+def load_device(path: str | os.PathLike[str]) -> Device:
+    """:meth:`Device.load`, refusing corrections named for primitives that do not exist."""
+    device = Device.load(path)
+    for name, _ in device.corrections:
         if name not in PRIMITIVES:
-            raise PlanError(f"{source}: correction for unknown primitive {name!r}",
+            raise PlanError(f"{path}: correction for unknown primitive {name!r}",
                             f"use one of {', '.join(PRIMITIVES)}")
-        if (not isinstance(points, list) or not points
-                or any(not isinstance(p, list) or len(p) != 2 or not all(map(_positive, p))
-                       for p in points)):
-            raise PlanError(f"{source}: correction {name!r} must be a list of [image voxels, "
-                            f"positive factor] points, got {points!r}", "fix the file")
-        ordered = sorted((int(v), float(c)) for v, c in points)
-        if len({v for v, _ in ordered}) != len(ordered):
-            raise PlanError(f"{source}: correction {name!r} repeats an image size",
-                            "give each size once")
-        out.append((name, tuple(ordered)))
-    return tuple(out)
-
-
-def bundled_devices() -> dict[str, Path]:
-    """Example descriptions shipped with znni, by name."""
-    folder = Path(__file__).resolve().parent.parent / "data" / "devices"
-    return {p.stem: p for p in sorted(folder.glob("*.json"))}
-
-
-@cache
-def cpu_model() -> str:
-    """The CPU's model name (tuning records and device caches are per model)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return device
 
 
 #: Bumped whenever what calibration measures changes: older cached descriptions are re-measured.
@@ -196,25 +39,20 @@ CALIBRATION_VERSION = 3
 def _cache_path(threads: int) -> Path:
     key = hashlib.sha256(f"{cpu_model()}|{threads}|{__version__}|{CALIBRATION_VERSION}|"
                          f"{config.cxxflags()}".encode())
-    return config.cache_dir() / "devices" / f"{key.hexdigest()[:16]}.json"
+    return private_dir(config.cache_dir() / "devices") / f"{key.hexdigest()[:16]}.json"
 
 
 def this_machine(threads: int | None = None) -> Device:
     """This machine's description: ``ZNNI_DEVICE`` if set, else measured once (a few
     seconds) and then read from the cache."""
     threads = threads or config.default_threads()
-    if config.device_file() is not None:
-        return Device.load(config.device_file())  # type: ignore[arg-type]
+    if (device_file := config.device_file()) is not None:
+        return load_device(device_file)
     path = _cache_path(threads)
     try:
-        return Device.from_dict(json.loads(path.read_text()), str(path))
+        return Device.from_dict(json.loads(read_private(path)), str(path))
     except (OSError, ValueError, PlanError):
         pass
-    from .calibrate import calibrate  # compiles probes: only when no cached description
-
     device = calibrate(threads)
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(device.to_json())
-    os.replace(tmp, path)
+    write_private(path, device.to_json().encode())
     return device

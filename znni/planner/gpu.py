@@ -1,4 +1,4 @@
-"""The CPU–GPU planner (DESIGN §6–7): θ, the GPU tail's sub-batch and per-layer GPU ways.
+"""The CPU–GPU planner (docs/design.md §6–7): θ, the GPU tail's sub-batch and per-layer GPU ways.
 
 For each output patch and batch, and each cut θ (layers < θ on the CPU, the rest on the GPU;
 θ = 0 is GPU-only), the head takes per layer the fastest CPU way that fits the host RAM (the
@@ -27,15 +27,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from ..errors import PlanError
+from ..hardware import Device, GpuSpec
 from ..primitives.base import tensor_bytes
-from ..primitives.gpu import (HOST_RAM, RESIDENT, intermediate_buffers, output_shape,
-                              scaled_shape, weight_bytes)
+from ..primitives.gpu import (
+    HOST_RAM,
+    RESIDENT,
+    intermediate_buffers,
+    output_shape,
+    scaled_shape,
+    weight_bytes,
+)
 from ..spec import LayerShapes, Network, Vec3
-from .device import Device
-from .gpu_device import GpuSpec
+from .costing import BATCHES, CostModel, layer_options
 from .gpu_plan import GpuLayerPlan, GpuPlan
-from .plan import LayerPlan, Plan, Planning, held_bytes, make_plan, patches_needed
-from .search import BATCHES, CostModel, layer_options
+from .plan import LayerPlan, Plan, Planning, held_bytes, limit_problem, make_plan, patches_needed
 
 #: Patches tried grow until the host RAM is full, or up to this many fragmentation steps.
 MAX_PATCH_STEPS = 48
@@ -61,7 +66,7 @@ def _resident_tail(tail: list[LayerShapes], sub: int, gpu: GpuSpec) -> _Tail | N
              + sum(intermediate_buffers(outputs[:-1])))
     room = gpu.memory_bytes - fixed
     chosen, compute, peak = [], 0.0, 0
-    for shapes, shape in zip(tail, inputs):
+    for shapes, shape in zip(tail, inputs, strict=True):
         ways = [(p.seconds(shapes.layer, shape, gpu), p.scratch_bytes(shapes.layer, shape), p)
                 for p in RESIDENT.values() if p.supports(shapes.layer)]
         fitting = [w for w in ways if w[1] <= room]
@@ -103,7 +108,7 @@ def _host_tail(tail: list[LayerShapes], gpu: GpuSpec) -> _Tail | None:
             return None
         t, need, p, split = min(ways, key=lambda w: (w[0], w[1]))
         chunk = (split.samples, split.in_maps, *shapes.input[2:])
-        chosen.append(GpuLayerPlan(shapes.index, p.name, chunk, split.out_maps, need, t))  # type: ignore[arg-type]
+        chosen.append(GpuLayerPlan(shapes.index, p.name, chunk, split.out_maps, need, t))
         seconds += t
         peak = max(peak, need)
     return _Tail("host", tail[0].input[0], peak, _host_tensors(tail), seconds, tuple(chosen))
@@ -124,7 +129,7 @@ def _head(options: list[list[LayerPlan]], theta: int, room: int) -> list[LayerPl
         fitting = [o for o in per_layer if o.working_bytes <= room]
         if not fitting:
             return None
-        chosen.append(min(fitting, key=lambda o: (o.seconds, o.working_bytes)))  # type: ignore[arg-type,return-value]
+        chosen.append(min(fitting, key=lambda o: (o.seconds, o.working_bytes)))
     return chosen
 
 
@@ -182,9 +187,12 @@ def plan_gpu(net: Network, budget: int, device: Device, extent: Vec3 | None = No
         for batch in batches:
             if extent is not None and batch > patches_needed(extent, patch):
                 break  # a batch of patches the volume does not have: pure padding
-            for seconds, gpu_bytes, p in _candidates(net, patch, batch, budget, device, costs):
+            if limit_problem(net.layer_shapes(patch, batch)):
+                break  # past znni.limits: so is any larger batch
+            for seconds, gpu_bytes, candidate in _candidates(net, patch, batch, budget, device,
+                                                             costs):
                 fitted = True
-                p = replace(p, extent=extent)
+                p = replace(candidate, extent=extent)
                 rate = p.output_voxels / seconds * (1 - p.padding_fraction)
                 if best is None or (rate, -gpu_bytes) > (best[0], -best[1]):
                     best = (rate, gpu_bytes, p)

@@ -54,10 +54,10 @@ class GpuPlan:
         if not isinstance(data, Mapping):
             raise PlanError("plan 'gpu' must be an object", "re-create it with `znni plan`")
         try:
-            layers = tuple(GpuLayerPlan(int(l["index"]), str(l["primitive"]),
-                                        _shape(l["chunk_shape"]), int(l["out_maps"]),
-                                        int(l["device_bytes"]), float(l["seconds"]))
-                           for l in data["layers"])
+            layers = tuple(GpuLayerPlan(int(e["index"]), str(e["primitive"]),
+                                        _shape(e["chunk_shape"]), int(e["out_maps"]),
+                                        int(e["device_bytes"]), float(e["seconds"]))
+                           for e in data["layers"])
             plan = cls(int(data["theta"]), int(data["sub_batch"]), str(data["mode"]),
                        str(data["device"]), int(data["device_bytes"]), int(data["host_bytes"]),
                        float(data["cpu_seconds"]), float(data["gpu_seconds"]), layers)
@@ -79,7 +79,7 @@ def _shape(value: Any) -> tuple[int, int, int, int, int]:
     shape = tuple(int(v) for v in value)
     if len(shape) != 5 or min(shape) < 1:
         raise ValueError(f"chunk_shape must be 5 positive integers, got {value!r}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def format_gpu(gpu: GpuPlan) -> list[str]:
@@ -90,7 +90,8 @@ def format_gpu(gpu: GpuPlan) -> list[str]:
              f"{gpu.mode}, sub-batch {gpu.sub_batch})" if gpu.theta else
              f"GPU only on {gpu.device} ({gpu.gpu_seconds:.3f} s, {gpu.mode}, sub-batch "
              f"{gpu.sub_batch})",
-             f"GPU memory {gpu.device_bytes / gib:.2f} GiB, host RAM {gpu.host_bytes / gib:.2f} GiB",
+             f"GPU memory {gpu.device_bytes / gib:.2f} GiB, "
+             f"host RAM {gpu.host_bytes / gib:.2f} GiB",
              f"{'layer':>5} {'GPU primitive':<16} {'pass input (S,C,Z,Y,X)':<24} "
              f"{'out maps':>8} {'GPU mem':>10} {'seconds':>9}"]
     for lp in gpu.layers:

@@ -14,10 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from .. import limits
 from ..errors import PlanError
 from ..primitives import PRIMITIVES, in_place
 from ..primitives.base import FLOAT_BYTES
-from ..spec import Layer, Network, Pool, Shape5, Vec3
+from ..spec import Layer, LayerShapes, Network, Pool, Shape5, Vec3, parse_json, read_text, shown
 from .gpu_plan import GpuPlan
 
 PLAN_VERSION = 1
@@ -165,17 +166,18 @@ class Plan:
         twice (a short last batch, a patch past the volume's end, a last patch shifted back):
         work the volume does not need."""
         runs = self.runs
-        if runs is None:
+        if runs is None or self.extent is None:  # runs is None exactly when extent is
             return 0.0
-        return 1 - math.prod(self.extent) / (runs * self.output_voxels)  # type: ignore[arg-type]
+        return 1 - math.prod(self.extent) / (runs * self.output_voxels)
 
     @property
     def predicted_seconds(self) -> float | None:
         if self.gpu is not None:
             return self.gpu.seconds
-        if any(layer.seconds is None for layer in self.layers):
+        seconds = [layer.seconds for layer in self.layers if layer.seconds is not None]
+        if len(seconds) < len(self.layers):
             return None
-        return sum(layer.seconds for layer in self.layers)  # type: ignore[misc]
+        return sum(seconds)
 
     @property
     def predicted_throughput(self) -> float | None:
@@ -215,25 +217,24 @@ class Plan:
             raise PlanError(f"plan was made for another network than {net.name!r}",
                             "re-plan for this network")
         try:
-            patch = tuple(int(v) for v in data["output_patch"])
-            batch = int(data["batch"])
-            layers = list(data["layers"])
-            primitives = {int(layer["index"]): str(layer["primitive"]) for layer in layers}
-            passes = {int(layer["index"]): _count(layer.get("in_place", 0)) for layer in layers}
-            costs = {int(layer["index"]): (_optional_seconds(layer.get("seconds")),
-                                           _cost_source(layer.get("cost", "none")))
-                     for layer in layers}
+            patch = _vec3(data["output_patch"], "output_patch")
+            batch = _positive(data["batch"], "batch")
+            layers = _layer_entries(data["layers"], len(net.layers))
+            primitives = {i: _text(layer["primitive"], "primitive") for i, layer in layers.items()}
+            passes = {i: _count(layer.get("in_place", 0)) for i, layer in layers.items()}
+            costs = {i: (_optional_seconds(layer.get("seconds")),
+                         _cost_source(layer.get("cost", "none")))
+                     for i, layer in layers.items()}
             planning = (None if data.get("planning") is None
                         else Planning(**_fields(data["planning"], Planning)))
-            alternatives = tuple(_alternative(a) for a in data.get("alternatives", ()))
+            alternatives = tuple(_alternative(a) for a in _list(data.get("alternatives", []),
+                                                                "alternatives"))
             gpu = (None if data.get("gpu") is None
                    else GpuPlan.from_dict(data["gpu"], len(net.layers)))
             extent = None if data.get("extent") is None else _vec3(data["extent"], "extent")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # Overflow: float(10**400)
             raise PlanError(f"malformed plan: {exc!r}", "re-create it with `znni plan`") from None
-        if len(patch) != 3:
-            raise PlanError("plan output_patch must have 3 entries", "use [z, y, x]")
-        plan = make_plan(net, (patch[0], patch[1], patch[2]), batch, primitives, passes)
+        plan = make_plan(net, patch, batch, primitives, passes)
         layers_out = tuple(replace(lp, seconds=costs[lp.index][0], cost=costs[lp.index][1])
                            for lp in plan.layers)
         return replace(plan, layers=layers_out, planning=planning, alternatives=alternatives,
@@ -241,19 +242,53 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str, net: Network) -> Plan:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"plan is not valid JSON: {exc.msg} at line {exc.lineno}",
-                            "fix or re-create the plan file") from None
-        return cls.from_dict(data, net)
+        return cls.from_dict(parse_json(text, "plan", PlanError, _RECREATE), net)
+
+    @classmethod
+    def load(cls, path: str, net: Network) -> Plan:
+        """A plan file (bounded read, see :func:`~znni.spec.read_text`), validated for ``net``."""
+        return cls.from_json(read_text(path, "plan", PlanError, _RECREATE), net)
+
+
+_RECREATE = "fix the plan file, or re-create it with `znni plan SPEC -o PLAN.json`"
 
 
 def _vec3(value: Any, what: str) -> Vec3:
-    if (not isinstance(value, Sequence) or len(value) != 3
+    if (not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 3
             or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
-        raise ValueError(f"{what} must be 3 positive integers, got {value!r}")
+        raise ValueError(f"{what} must be 3 positive integers, got {shown(value)}")
     return (value[0], value[1], value[2])
+
+
+def _positive(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {shown(value)}")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, got {shown(value)}")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    """A JSON list (or the tuple :meth:`Plan.to_dict` holds in its place)."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{what} must be a list, got {shown(value)}")
+    return list(value)
+
+
+def _layer_entries(value: Any, count: int) -> dict[int, Mapping[str, Any]]:
+    """The plan's per-layer entries by index: exactly one for each layer of the network."""
+    entries = _list(value, "layers")
+    if not all(isinstance(entry, Mapping) for entry in entries):
+        raise TypeError("every entry of layers must be an object")
+    by_index = {_count(entry["index"], "index"): entry for entry in entries}
+    if len(by_index) != len(entries) or set(by_index) != set(range(count)):
+        raise ValueError(f"layers must hold one entry for each layer 0..{count - 1}, got "
+                         f"indices {shown(sorted(by_index))}")
+    return by_index
 
 
 def patches_needed(extent: Vec3, patch: Vec3) -> int:
@@ -270,19 +305,19 @@ def _optional_seconds(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"seconds must be a non-negative number, got {value!r}")
+        raise ValueError(f"seconds must be a non-negative number, got {shown(value)}")
     return float(value)
 
 
-def _count(value: Any) -> int:
+def _count(value: Any, what: str = "in_place") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"in_place must be a non-negative integer, got {value!r}")
+        raise ValueError(f"{what} must be a non-negative integer, got {shown(value)}")
     return value
 
 
 def _cost_source(value: Any) -> str:
     if value not in COST_SOURCES:
-        raise ValueError(f"cost must be one of {COST_SOURCES}, got {value!r}")
+        raise ValueError(f"cost must be one of {COST_SOURCES}, got {shown(value)}")
     return str(value)
 
 
@@ -295,20 +330,20 @@ def _fields(data: Any, cls: type) -> dict[str, Any]:
         value = data[f.name]
         kind = {"int": int, "str": str}.get(str(f.type))
         if kind is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-            raise TypeError(f"{cls.__name__}.{f.name} must be {f.type}, got {value!r}")
+            raise TypeError(f"{cls.__name__}.{f.name} must be {f.type}, got {shown(value)}")
         out[f.name] = value
     return out
 
 
 def _alternative(data: Any) -> Alternative:
     values = _fields(data, Alternative)
-    patch = tuple(int(v) for v in values["output_patch"])
-    if len(patch) != 3:
-        raise ValueError("alternative output_patch must have 3 entries")
-    return Alternative((patch[0], patch[1], patch[2]), int(values["batch"]),
-                       tuple(str(p) for p in values["primitives"]),
+    return Alternative(_vec3(values["output_patch"], "alternative output_patch"),
+                       _positive(values["batch"], "alternative batch"),
+                       tuple(_text(p, "alternative primitive")
+                             for p in _list(values["primitives"], "alternative primitives")),
                        _optional_seconds(values["predicted_throughput"]),
-                       int(values["peak_bytes"]), str(values["why"]))
+                       _count(values["peak_bytes"], "alternative peak_bytes"),
+                       _text(values["why"], "alternative why"))
 
 
 def make_plan(net: Network, output_patch: Vec3, batch: int = 1,
@@ -325,8 +360,13 @@ def make_plan(net: Network, output_patch: Vec3, batch: int = 1,
         raise PlanError(f"primitive given for layer(s) {sorted(unknown)} that do not exist",
                         f"layers are 0..{len(net.layers) - 1}")
     max_filtered = _max_filtered(net, primitives)
+    all_shapes = net.layer_shapes(output_patch, batch, max_filtered)
+    problem = limit_problem(all_shapes)
+    if problem is not None:
+        raise PlanError(f"output patch {list(output_patch)} with batch {batch}: {problem}",
+                        "use a smaller patch or batch (the bounds are in znni.limits)")
     layers = []
-    for shapes in net.layer_shapes(output_patch, batch, max_filtered):
+    for shapes in all_shapes:
         layer = shapes.layer
         name = _requested(primitives, shapes.index, layer)
         if name == AUTO:
@@ -334,8 +374,8 @@ def make_plan(net: Network, output_patch: Vec3, batch: int = 1,
         primitive = PRIMITIVES.get(name)
         if primitive is None or not primitive.supports(layer):
             options = [p for p, prim in PRIMITIVES.items() if prim.supports(layer)]
-            raise PlanError(f"layer {shapes.index} ({layer.kind}): primitive {name!r} cannot run it",
-                            f"use one of {options}")
+            raise PlanError(f"layer {shapes.index} ({layer.kind}): primitive {shown(name)} "
+                            "cannot run it", f"use one of {options}")
         group = (in_place_units or {}).get(shapes.index, 0)
         if group:
             _check_in_place(shapes.index, layer, shapes.input, group)
@@ -347,6 +387,21 @@ def make_plan(net: Network, output_patch: Vec3, batch: int = 1,
                                 primitive.flops(layer, shapes.input), in_place=group))
     return Plan(net.name, network_digest(net), net.check_patch(output_patch, max_filtered),
                 net.input_size(output_patch), batch, tuple(layers))
+
+
+def limit_problem(shapes: Sequence[LayerShapes]) -> str | None:
+    """What in a plan's tensors exceeds the bounds of :mod:`znni.limits` (None: nothing):
+    image extents, and the counts the kernels take as C ints. Checked before any memory
+    figure is computed or kernel generated, so a hand-edited patch or batch fails here."""
+    for s in shapes:
+        for shape in (s.input, s.output):
+            samples, maps, *image = shape
+            for value, bound, what in ((max(image), limits.MAX_IMAGE_EDGE, "image extent"),
+                                       (math.prod(image), limits.C_INT_MAX, "voxels per image"),
+                                       (samples * maps, limits.C_INT_MAX, "samples × maps")):
+                if value > bound:
+                    return f"layer {s.index}: {what} {value} is over the limit of {bound}"
+    return None
 
 
 def _max_filtered(net: Network, primitives: PrimitiveChoice) -> int:

@@ -1,4 +1,4 @@
-"""The planner's search (DESIGN §7): the fastest plan under a memory budget.
+"""The planner's search (docs/design.md §7): the fastest plan under a memory budget.
 
 For each candidate output patch (multiples of the fragmentation per axis, near-cubic in voxels,
 growing until even the leanest plan no longer fits) and batch, every conv layer independently
@@ -17,21 +17,30 @@ import math
 import statistics
 from collections.abc import Iterator
 from dataclasses import replace
-from functools import cache
 
 from .. import config
 from ..errors import PlanError
+from ..hardware import Device
 from ..primitives import PRIMITIVES, in_place
-from ..spec import Layer, LayerShapes, Network, Shape5, Vec3
-from .device import Device, this_machine
-from .plan import Alternative, LayerPlan, Plan, Planning, held_bytes, make_plan, patches_needed
+from ..spec import Layer, Network, Shape5, Vec3
+from .costing import BATCHES, CostModel, layer_options, timed_shape
+from .device import load_device, this_machine
+from .gpu import plan_gpu
+from .plan import (
+    Alternative,
+    LayerPlan,
+    Plan,
+    Planning,
+    held_bytes,
+    limit_problem,
+    make_plan,
+    patches_needed,
+)
 from .tuning import EFFORTS, Record, TuningRecords, measure, record_key
 
 log = logging.getLogger("znni")
 
 EFFORT_LEVELS = ("estimate", *EFFORTS)
-#: Batches tried for every patch: batching amortises kernel transforms and small-image layers.
-BATCHES = (1, 2, 4)
 #: Candidate plans whose layers effort=measure times at most (exhaustive: twice as many).
 MEASURED_CANDIDATES = 2
 #: A candidate is timed only if predicted within this fraction of the best measured one.
@@ -49,69 +58,10 @@ MEMORY_FALLBACKS = ("fft-pruned-data", "fft-data", "fft-pruned-lean")
 TASK_PARALLEL_FFT = ("fft-pruned", "fft")
 
 
-class CostModel:
-    """Seconds per (layer, shape, primitive): a tuning record, else the corrected model."""
-
-    def __init__(self, device: Device, records: TuningRecords | None, effort: str) -> None:
-        self.device = device
-        self.records = records
-        self.effort = effort
-        self.corrections = records.corrections(device.threads) if records else {}
-        self._known: dict[tuple[str, Layer, Shape5], tuple[float, str]] = {}
-
-    def seconds(self, lp: LayerPlan, layer: Layer) -> tuple[float, str]:
-        shape = _timed_shape(lp, layer)
-        pass_seconds, source = self._pass_seconds(lp.primitive, layer, shape)
-        if lp.in_place:
-            return in_place.seconds(pass_seconds, layer, lp.input_shape, lp.in_place,
-                                    self.device), source
-        return pass_seconds, source
-
-    def _pass_seconds(self, name: str, layer: Layer, shape: Shape5) -> tuple[float, str]:
-        key = (name, layer, shape)
-        if key not in self._known:
-            self._known[key] = self._lookup(name, layer, shape)
-        return self._known[key]
-
-    def _lookup(self, name: str, layer: Layer, shape: Shape5) -> tuple[float, str]:
-        if self.records is not None:
-            record = self.records.get(record_key(layer, shape, name, self.device.threads),
-                                      self.effort)
-            if record is not None:
-                return record.seconds, "measured"
-        estimate = PRIMITIVES[name].estimate(layer, shape, self.device)
-        # Records of real layers on this machine correct the raw model better than the
-        # calibration's probe layers do (both are measured ÷ raw model: never multiply them).
-        correction = self.corrections.get(name) or self.device.correction(
-            name, math.prod(shape[2:]))
-        return estimate * correction, "model"
-
-
-def _timed_shape(lp: LayerPlan, layer: Layer) -> Shape5:
-    """The shape a layer's primitive runs on: the whole input, or one in-place pass."""
-    if lp.in_place:
-        return in_place.pass_shape(layer, lp.input_shape, lp.in_place)
-    return lp.input_shape
-
-
-@cache
-def layer_options(shapes: LayerShapes) -> tuple[LayerPlan, ...]:
-    """Every way to run one layer: each supporting primitive on a fresh output tensor and,
-    after the first layer, over its own input at each pass size (uncosted)."""
-    layer, shape = shapes.layer, shapes.input
-    out = []
-    for name, primitive in PRIMITIVES.items():
-        if not primitive.supports(layer):
-            continue
-        flops = primitive.flops(layer, shape)
-        memory = primitive.memory(layer, shape)
-        out.append(LayerPlan(shapes.index, layer.kind, name, shape, shapes.output,
-                             memory.resident, memory.working, flops))
-        for group in in_place.groups(layer, shape) if shapes.index > 0 else ():
-            memory = in_place.memory(primitive, layer, shape, group)
-            out.append(LayerPlan(shapes.index, layer.kind, name, shape, shapes.output,
-                                 memory.resident, memory.working, flops, in_place=group))
-    return tuple(out)
+def _costed_seconds(lp: LayerPlan) -> float:
+    """The predicted seconds of a layer option that has been costed."""
+    assert lp.seconds is not None
+    return lp.seconds
 
 
 def _costed_plan(net: Network, patch: Vec3, batch: int, max_filtered: int, budget: int,
@@ -127,14 +77,14 @@ def _costed_plan(net: Network, patch: Vec3, batch: int, max_filtered: int, budge
         options.append(per_layer)
     resident = sum(max(o.resident_bytes for o in layer) for layer in options)
     room = budget - resident - held_bytes([options[0][0], options[-1][0]])
-    chosen = []
+    chosen: list[LayerPlan] = []
     for per_layer in options:
         fitting = [o for o in per_layer if o.working_bytes <= room]
         if not fitting:
             return None
         if any(o.primitive in TASK_PARALLEL_FFT for o in fitting):
             fitting = [o for o in fitting if o.primitive not in MEMORY_FALLBACKS]
-        chosen.append(min(fitting, key=lambda o: o.seconds))  # type: ignore[arg-type,return-value]
+        chosen.append(min(fitting, key=_costed_seconds))
     return replace(_plan_of(net, patch, batch, chosen), layers=tuple(chosen), extent=extent)
 
 
@@ -191,6 +141,8 @@ def _search(net: Network, budget: int, costs: CostModel, extent: Vec3 | None,
                 for batch in batches:
                     if extent is not None and batch > patches_needed(extent, patch):
                         break  # a batch of patches the volume does not have: pure padding
+                    if limit_problem(net.layer_shapes(patch, batch, max_filtered)):
+                        break  # past znni.limits: so is any larger batch
                     seen.add((patch, batch))
                     plan = _costed_plan(net, patch, batch, max_filtered, budget, costs, extent)
                     if plan is None:
@@ -220,6 +172,32 @@ def default_budget() -> int:
     return int(config.available_memory() * DEFAULT_BUDGET_FRACTION)
 
 
+def check_saved_plan(plan: Plan, net: Network, extent: Vec3, memory: int | str | None) -> None:
+    """Refuse a saved plan that a volume of output ``extent`` should not run, before anything is
+    compiled or written: a patch larger on some axis than the volume needs, or a batch of more
+    patches than it has (the planner makes neither: they only compute padding, and an edited
+    patch can ask for gigabytes), or a predicted peak over ``memory`` (default: the planner's
+    default budget)."""
+    hint = ("re-plan for this volume (`znni plan SPEC --extent Z,Y,X --memory M -o PLAN.json`), "
+            "or run without --plan")
+    frag = net.fragmentation_with(plan.max_filtered)
+    needed = [-(-extent[a] // frag[a]) * frag[a] for a in range(3)]
+    if any(plan.output_patch[a] > needed[a] for a in range(3)):
+        raise PlanError(f"the plan's output patch {list(plan.output_patch)} is larger than this "
+                        f"volume needs: its output is {list(extent)}, so patches of at most "
+                        f"{needed} (multiples of {list(frag)})", hint)
+    patches = patches_needed(extent, plan.output_patch)
+    if plan.batch > patches:
+        raise PlanError(f"the plan's batch of {plan.batch} patches is more than the {patches} "
+                        "this volume has", hint)
+    budget = config.parse_bytes(memory) if memory is not None else default_budget()
+    if plan.peak_bytes > budget:
+        whose = "--memory" if memory is not None else "80 % of the available RAM"
+        raise PlanError(f"the plan needs {plan.peak_bytes / 2**30:.2f} GiB at its peak, more than "
+                        f"the memory budget of {budget / 2**30:.2f} GiB ({whose})",
+                        f"pass a larger --memory if that much is free, or {hint}")
+
+
 def plan(net: Network, memory: int | str | None = None, threads: int | None = None,
          device: Device | str | None = None, effort: str = "estimate",
          extent: Vec3 | None = None, batches: tuple[int, ...] = BATCHES) -> Plan:
@@ -230,13 +208,14 @@ def plan(net: Network, memory: int | str | None = None, threads: int | None = No
     ``extent``: the output volume, when known, caps the patch."""
     if effort not in EFFORT_LEVELS:
         raise PlanError(f"unknown effort {effort!r}", f"use one of {', '.join(EFFORT_LEVELS)}")
+    if threads is not None:
+        config.check_threads(threads)
     budget = config.parse_bytes(memory) if memory is not None else default_budget()
     if isinstance(device, str):
-        device = Device.load(device)
+        device = load_device(device)
     on_this_machine = device is None
     dev = device if device is not None else this_machine(threads)
     if dev.kind == "gpu":  # the CPU–GPU pipeline planner (planner/gpu.py)
-        from .gpu import plan_gpu
 
         if effort != "estimate":
             raise PlanError("GPU plans are made from the cost model only",
@@ -253,9 +232,13 @@ def plan(net: Network, memory: int | str | None = None, threads: int | None = No
     else:
         assert records is not None
         found, too_big = _tune(net, budget, dev, records, effort, extent, batches)
+    if not found and not too_big:  # the search stopped at the limits before the budget
+        problem = limit_problem(net.layer_shapes(net.fragmentation, 1))
+        raise PlanError(f"no plan of network {net.name!r} stays within znni's limits: "
+                        f"{problem or 'its smallest patches exceed them'}",
+                        "use a smaller field of view or fewer pools (see znni.limits)")
     if not found:
-        lean = too_big[0] if too_big else None
-        need = f"{lean.peak_bytes / 2**30:.2f} GiB" if lean else "more memory"
+        need = f"{too_big[0].peak_bytes / 2**30:.2f} GiB"
         raise PlanError(f"no plan of network {net.name!r} fits {budget / 2**30:.2f} GiB: the "
                         f"smallest patch {net.fragmentation} needs {need}",
                         f"raise the memory budget (--memory) to at least {need}")
@@ -337,7 +320,7 @@ def measure_layers(net: Network, plan: Plan, costs: CostModel, records: TuningRe
     room = plan.peak_bytes - held_bytes(plan.layers) - plan.resident_bytes
     todo: dict[str, tuple[Layer, Shape5, str, float]] = {}
     for shapes, picked in zip(net.layer_shapes(plan.output_patch, plan.batch,
-                                               plan.max_filtered), plan.layers):
+                                               plan.max_filtered), plan.layers, strict=True):
         fitting = [lp for lp in layer_options(shapes)
                    if lp.working_bytes <= max(room, picked.working_bytes)]
         largest = {lp.primitive: lp.in_place for lp in sorted(fitting, key=lambda o: o.in_place)}
@@ -346,7 +329,7 @@ def measure_layers(net: Network, plan: Plan, costs: CostModel, records: TuningRe
             if (effort != "exhaustive" and lp.in_place not in (0, largest[lp.primitive])
                     and _way(lp) != _way(picked)):
                 continue
-            shape = _timed_shape(lp, shapes.layer)
+            shape = timed_shape(lp, shapes.layer)
             pass_seconds = PRIMITIVES[lp.primitive].estimate(shapes.layer, shape, costs.device)
             total = (in_place.seconds(pass_seconds, shapes.layer, lp.input_shape, lp.in_place,
                                       costs.device) if lp.in_place else pass_seconds)

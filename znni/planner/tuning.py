@@ -9,26 +9,25 @@ rewritten atomically under a lock; a damaged file is set aside and started afres
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import __version__, config
+from .. import config
+from ..codegen.private_files import locked, read_private, write_private
 from ..fft.fftw import plans_measured
+from ..hardware import cpu_model
 from ..primitives import PRIMITIVES
 from ..primitives.base import padded_empty
 from ..spec import Conv, Layer, Pool, Shape5
-from .device import cpu_model
+from ..version import __version__
 
 log = logging.getLogger("znni")
 
@@ -51,7 +50,8 @@ def layer_signature(layer: Layer) -> str:
         return (f"conv k{'x'.join(map(str, layer.kernel))} {layer.in_channels}->"
                 f"{layer.out_channels}{dilated}")
     assert isinstance(layer, Pool)
-    return f"{'filter' if layer.max_filter else 'pool'} w{'x'.join(map(str, layer.window))}{dilated}"
+    kind = "filter" if layer.max_filter else "pool"
+    return f"{kind} w{'x'.join(map(str, layer.window))}{dilated}"
 
 
 def record_key(layer: Layer, shape_in: Shape5, primitive: str, threads: int) -> str:
@@ -76,7 +76,7 @@ class TuningRecords:
 
     def _read(self) -> dict[str, Record]:
         try:
-            raw = json.loads(self.path.read_text())
+            raw = json.loads(read_private(self.path))
             return {key: Record(float(r["seconds"]), tuple(float(t) for t in r["times"]),
                                 str(r["effort"]), float(r["model_seconds"]))
                     for key, r in raw.items()}
@@ -107,24 +107,12 @@ class TuningRecords:
 
     def add(self, updates: dict[str, Record]) -> None:
         """Merge ``updates`` into the file (locked read-modify-write, atomic replace)."""
-        with _locked(self.path):
+        with locked(self.path.with_name(f".{self.path.name}.lock")):
             self._records = {**self._read(), **updates}
             data = {key: {"seconds": r.seconds, "times": list(r.times), "effort": r.effort,
                           "model_seconds": r.model_seconds}
                     for key, r in self._records.items()}
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
-            os.replace(tmp, self.path)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            write_private(self.path, json.dumps(data, indent=0, sort_keys=True).encode())
 
 
 def measure(layer: Layer, shape_in: Shape5, primitive: str, threads: int,

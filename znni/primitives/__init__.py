@@ -13,6 +13,8 @@ PRIMITIVES: dict[str, Primitive] = {p.name: p for p in (
     FftConv(pruned=True, task_parallel=True), FftConv(pruned=False, task_parallel=True),
     FftConv(pruned=True, task_parallel=False), FftConv(pruned=False, task_parallel=False),
     FftConv(pruned=True, task_parallel=False, lean=True))}
+#: Those that run conv layers (the CLI's and export's choices derive from this).
+CONV_PRIMITIVES = tuple(name for name, p in PRIMITIVES.items() if p.layer_kind == "conv")
 
-__all__ = ["PRIMITIVES", "DirectConv", "MaxFilter", "MaxPoolFragments", "Memory", "Primitive", "Step",
-           "WinogradConv"]
+__all__ = ["CONV_PRIMITIVES", "PRIMITIVES", "DirectConv", "FftConv", "MaxFilter",
+           "MaxPoolFragments", "Memory", "Primitive", "Step", "WinogradConv"]

@@ -16,7 +16,7 @@ import numpy as np
 from ..spec import Layer, Shape5
 
 if TYPE_CHECKING:
-    from ..planner.device import Device
+    from ..hardware import Device
 
 FLOAT_BYTES = 4
 
@@ -41,6 +41,7 @@ class Step(Protocol):
 
 class Primitive(Protocol):
     name: str
+    layer_kind: str  # the Layer.kind it runs: "conv" or "pool"
 
     def supports(self, layer: Layer) -> bool: ...
 

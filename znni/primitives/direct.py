@@ -1,4 +1,4 @@
-"""Direct convolution by generated C++ (DESIGN §5.1).
+"""Direct convolution by generated C++ (docs/design.md §5.1).
 
 Sizes are compile-time constants; the register block (OB output channels × XV vectors) is
 chosen here from a small cost model of the inner loop, so the template stays logic-light.
@@ -18,7 +18,7 @@ from ..spec import Conv, Layer, Shape5, Vec3
 from .base import FLOAT_BYTES, Memory, padded_empty, tensor_bytes
 
 if TYPE_CHECKING:
-    from ..planner.device import Device
+    from ..hardware import Device
 
 #: SIMD registers kept for accumulators (of 32 with AVX-512, 16 with AVX2).
 _ACC_REGISTERS = {16: 24, 8: 12, 4: 12}
@@ -68,7 +68,8 @@ def choose_block(layer: Conv, shape_in: Shape5, vector_width: int) -> RegisterBl
     for xv in range(1, 5):
         for ob in range(1, min(layer.out_channels, budget // xv) + 1):
             cycles = max(ob * xv, 16) / 2 + (ob + xv) / 4
-            cost = math.ceil(layer.out_channels / ob) * math.ceil(span / (xv * vector_width)) * cycles
+            cost = (math.ceil(layer.out_channels / ob) * math.ceil(span / (xv * vector_width))
+                    * cycles)
             if best is None or cost < best[0]:
                 best = (cost, RegisterBlock(ob, xv, 0))
     assert best is not None
@@ -146,6 +147,7 @@ class DirectConv:
     """Primitive ``direct``: FLOPs 2·S·f·f′·n′·k³, memory S·f·n + S·f′·n′ (+ weights)."""
 
     name = "direct"
+    layer_kind = "conv"
 
     def supports(self, layer: Layer) -> bool:
         return isinstance(layer, Conv)
@@ -170,7 +172,8 @@ class DirectConv:
         assert isinstance(layer, Conv)
         weights = (layer.out_channels + 32) * (layer.in_channels * math.prod(layer.kernel) + 1)
         return Memory(resident=weights * FLOAT_BYTES,
-                      working=tensor_bytes(shape_in) + tensor_bytes(conv_output_shape(layer, shape_in)))
+                      working=(tensor_bytes(shape_in)
+                               + tensor_bytes(conv_output_shape(layer, shape_in))))
 
     def prepare(self, index: int, layer: Layer, shape_in: Shape5,
                 weights: tuple[np.ndarray, np.ndarray] | None, threads: int) -> ConvStep:

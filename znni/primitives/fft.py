@@ -1,4 +1,5 @@
-"""FFT convolution (DESIGN §5.2–5.3): transforms by FFTW/pruned DFTs, spectral MAC by generated C++.
+"""FFT convolution (docs/design.md §5.2–5.3): transforms by FFTW/pruned DFTs, spectral MAC by
+generated C++.
 
 One algorithm, three schedules, two transform kinds — five primitives:
 
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..activations import apply
 from ..codegen.loader import KernelModule, default_toolchain, load_kernel
 from ..codegen.render import render
 from ..fft.pruned import (
@@ -46,7 +48,7 @@ from .base import FLOAT_BYTES, Memory, padded_empty, tensor_bytes
 from .direct import conv_output_shape
 
 if TYPE_CHECKING:
-    from ..planner.device import Device
+    from ..hardware import Device
 
 #: Scratch bytes for one block of kernel spectra. Bigger blocks mean more input maps per MAC
 #: pass, so output spectra cross main memory fewer times (measured: the MAC is bandwidth-bound
@@ -62,14 +64,6 @@ LEAN_PASS_FRACTION = 0.25
 MAC_TILE_BYTES = 1 << 20
 #: The data-parallel MAC streams spectra at 1/MAC_STREAM_PENALTY of the copy bandwidth.
 MAC_STREAM_PENALTY = 3
-
-_ACTIVATIONS = {
-    "relu": lambda v: np.maximum(v, 0, out=v),
-    "sigmoid": lambda v: np.reciprocal(1 + np.exp(-v, out=v), out=v),
-    "tanh": lambda v: np.tanh(v, out=v),
-    "linear": lambda v: v,
-}
-
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
@@ -284,7 +278,7 @@ class FftStep:
     def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
         if x.shape[1:] != self.shape_in[1:]:
             raise ValueError(f"FFT conv prepared for {self.shape_in[1:]}, got {x.shape[1:]}")
-        out = padded_empty(conv_output_shape(self.layer, x.shape), out_slack)  # type: ignore[arg-type]
+        out = padded_empty(conv_output_shape(self.layer, x.shape), out_slack)
         step = self.geometry.samples
         for s0 in range(0, x.shape[0], step):
             self._run_samples(x[s0:s0 + step], out[s0:s0 + step])
@@ -329,7 +323,7 @@ class FftStep:
             valid = inverse_cropped(spec_out, g.spectral, start, stop, threads)
             dst = out[:, j0:j0 + g.out_chunk]
             np.add(valid.reshape(dst.shape), self.bias[:, j0:j0 + g.out_chunk], out=dst)
-            _ACTIVATIONS[layer.activation](dst)
+            apply(layer.activation, dst)
             del spec_out, valid
 
 
@@ -354,6 +348,8 @@ def dilate_weights(w: np.ndarray, dilation: tuple[int, int, int]) -> np.ndarray:
 class FftConv:
     """FFT convolution primitive; see the module docstring for the four variants. Dilated
     convs (after max-filtered pools) run as their :func:`undilated` equivalents."""
+
+    layer_kind = "conv"
 
     def __init__(self, pruned: bool, task_parallel: bool, lean: bool = False) -> None:
         self.pruned = pruned

@@ -1,4 +1,5 @@
-"""GPU primitives as the GPU planner sees them (DESIGN §6): device memory and modelled seconds.
+"""GPU primitives as the GPU planner sees them (docs/design.md §6): device memory and modelled
+seconds.
 
 Two families. *Resident*: the layer's input and output live in device memory (the GPU tail of a
 pipeline passes tensors from layer to layer on the card). *GPU + host RAM* (``gpu-host-*``):
@@ -24,7 +25,7 @@ from .gpu_kernels import direct_block
 from .mpf import mpf_output_shape
 
 if TYPE_CHECKING:
-    from ..planner.gpu_device import GpuSpec
+    from ..hardware import GpuSpec
 
 
 def output_shape(layer: Layer, shape_in: Shape5) -> Shape5:
@@ -36,7 +37,7 @@ def scaled_shape(shape: Shape5, items: int, total: int) -> Shape5:
     """``shape`` (a tail layer's, for the whole batch of ``total`` tail-input items) for
     ``items`` of them: MPF multiplies the batch, so every later batch scales by the same
     factor (and a pass's items stay contiguous: fragment ``s·P + o`` of item ``s``)."""
-    return (shape[0] * items // total, *shape[1:])  # type: ignore[return-value]
+    return (shape[0] * items // total, *shape[1:])
 
 
 def intermediate_buffers(outputs: list[Shape5]) -> tuple[int, int]:
@@ -147,8 +148,8 @@ class HostRamGpu:
     def _chunk(self, layer: Layer, shape_in: Shape5, split: Split) -> tuple[Layer, Shape5]:
         shape = (split.samples, split.in_maps, *shape_in[2:])
         if isinstance(layer, Conv):
-            return Conv(split.in_maps, split.out_maps, layer.kernel, layer.activation), shape  # type: ignore[return-value]
-        return Pool(split.in_maps, layer.window), shape  # type: ignore[return-value]
+            return Conv(split.in_maps, split.out_maps, layer.kernel, layer.activation), shape
+        return Pool(split.in_maps, layer.window), shape
 
     def device_bytes(self, layer: Layer, shape_in: Shape5, split: Split) -> int:
         """Two chunks in flight (double buffering) and the weights: the layer's once for a

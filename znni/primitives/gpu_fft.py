@@ -1,4 +1,4 @@
-"""FFT convolution on the GPU with cuFFT (DESIGN §6): rendering, memory and FLOP models.
+"""FFT convolution on the GPU with cuFFT (docs/design.md §6): rendering, memory and FLOP models.
 
 The layer transforms its inputs and kernels with pruned batched 1D passes, multiplies in the
 frequency domain and inverse-transforms only what the valid crop keeps (``fft_conv.cu.j2``).
@@ -65,7 +65,7 @@ def gpu_fft_flops(layer: Conv, shape_in: Shape5) -> float:
     fo = layer.out_channels
     mz, my, mx = transform_size(shape_in)
     cx = mx // 2 + 1
-    _, _, nz, ny, nx = shape_in
+    _, _, nz, ny, _ = shape_in
     oz, oy = nz - layer.kernel[0] + 1, ny - layer.kernel[1] + 1
 
     def forward(count: int, rz: int, ry: int) -> float:

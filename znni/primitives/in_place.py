@@ -32,7 +32,7 @@ from .direct import conv_output_shape
 from .mpf import mpf_output_shape
 
 if TYPE_CHECKING:
-    from ..planner.device import Device
+    from ..hardware import Device
 
 #: In-place MPF: the fragments of one pass take at most this share of the input tensor.
 MPF_PASS_FRACTION = 1 / 16
@@ -75,7 +75,7 @@ def groups(layer: Layer, shape_in: Shape5) -> list[int]:
 
 def pass_shape(layer: Layer, shape_in: Shape5, group: int) -> Shape5:
     """The shape the inner step is prepared for: ``group`` units."""
-    s, c, *n = shape_in
+    _, c, *n = shape_in
     if isinstance(layer, Pool):
         return (group, 1, n[0], n[1], n[2])
     return (group, c, n[0], n[1], n[2])
@@ -137,7 +137,7 @@ class InPlaceStep:
         self.input_slack = inner.input_slack
 
     def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
-        shape_out = output_shape(self.layer, x.shape)  # type: ignore[arg-type]
+        shape_out = output_shape(self.layer, x.shape)
         buffer = _owner(x)
         total = math.prod(shape_out)
         if total + out_slack > buffer.size:
@@ -153,8 +153,8 @@ class InPlaceStep:
             del part
         out = buffer[:total]
         release_tail(buffer, total + out_slack)
-        if pool:
-            p = math.prod(self.layer.window)  # type: ignore[union-attr]
+        if isinstance(self.layer, Pool):  # = pool, narrowed for the type checker
+            p = math.prod(self.layer.window)
             s, c = x.shape[:2]
             frag = total // (s * c * p)
             for sample in out.reshape(s, c * p, frag):

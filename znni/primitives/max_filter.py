@@ -1,4 +1,4 @@
-"""Max filter (DESIGN §5.4): a pool run dense, at stride 1, dilated by the pools before it.
+"""Max filter (docs/design.md §5.4): a pool run dense, at stride 1, dilated by the pools before it.
 
 The alternative to fragments for the last pools of a net (:meth:`~znni.spec.Network.
 layer_shapes`): the image stays one dense tensor and the layers after it run dilated. Same
@@ -20,7 +20,7 @@ from .base import Memory, tensor_bytes
 from .mpf import PoolStep
 
 if TYPE_CHECKING:
-    from ..planner.device import Device
+    from ..hardware import Device
 
 
 def max_filter_output_shape(layer: Pool, shape_in: Shape5) -> Shape5:
@@ -41,6 +41,7 @@ class MaxFilter:
     """Primitive ``maxfilter``: input read once per z tap, output written once."""
 
     name = "maxfilter"
+    layer_kind = "pool"
 
     def supports(self, layer: Layer) -> bool:
         return isinstance(layer, Pool) and layer.max_filter

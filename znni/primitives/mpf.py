@@ -1,4 +1,4 @@
-"""Max-pooling fragments (DESIGN §4) and their recombination into a dense patch.
+"""Max-pooling fragments (docs/design.md §4) and their recombination into a dense patch.
 
 Generated C++: one fused, threaded pass (running max over z, y, x written straight into the
 fragments). It replaced a vectorised-numpy form (separable max filter, then a strided
@@ -20,7 +20,7 @@ from ..spec import Layer, Pool, Shape5, Vec3
 from .base import Memory, padded_empty, tensor_bytes
 
 if TYPE_CHECKING:
-    from ..planner.device import Device
+    from ..hardware import Device
 
 
 def mpf_output_shape(layer: Pool, shape_in: Shape5) -> Shape5:
@@ -51,7 +51,7 @@ class PoolStep:
     def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
         if x.shape[1:] != self.shape_in[1:]:
             raise ValueError(f"pool kernel compiled for {self.shape_in[1:]}, got {x.shape[1:]}")
-        out = padded_empty(self.output_shape(self.layer, x.shape), out_slack)  # type: ignore[arg-type]
+        out = padded_empty(self.output_shape(self.layer, x.shape), out_slack)
         self.module.forward(x, out, self.threads)
         return out
 
@@ -60,6 +60,7 @@ class MaxPoolFragments:
     """Primitive ``mpf``: one pass over the input; working memory input + filter + output."""
 
     name = "mpf"
+    layer_kind = "pool"
 
     def supports(self, layer: Layer) -> bool:
         return isinstance(layer, Pool) and not layer.max_filter

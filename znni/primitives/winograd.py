@@ -25,7 +25,7 @@ from .base import FLOAT_BYTES, Memory, tensor_bytes
 from .direct import ConvStep, conv_context, conv_output_shape
 
 if TYPE_CHECKING:
-    from ..planner.device import Device
+    from ..hardware import Device
 
 #: F(2, 3): the kernel transform (4×3) for correlation, y = Aᵀ[(G g) ⊙ (Bᵀ d)].
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
@@ -80,6 +80,7 @@ class WinogradConv:
     map pair (computed lanes: whole tasks of V·2 tiles, output maps padded to the block)."""
 
     name = "winograd"
+    layer_kind = "conv"
 
     def supports(self, layer: Layer) -> bool:
         return (isinstance(layer, Conv) and layer.kernel == (3, 3, 3)

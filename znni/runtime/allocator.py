@@ -35,7 +35,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):
         return False  # not glibc (musl, macOS): nothing to tune
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    ok: bool = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
     if not ok:
         log.debug("mallopt refused; freed buffers go back to the OS")
     return ok

@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..config import check_threads
 from ..errors import PlanError
-from ..planner.plan import Plan, network_digest
+from ..planner.plan import LayerPlan, Plan, network_digest
 from ..primitives import PRIMITIVES, Step, in_place
 from ..primitives.base import padded_empty
 from ..primitives.mpf import recombine
@@ -18,22 +19,33 @@ from ..spec import Network, Pool
 log = logging.getLogger("znni")
 
 
+def check_plan(plan: Plan, net: Network) -> None:
+    """Refuse a plan made for another network (before anything is compiled or written)."""
+    if plan.network_digest != network_digest(net):
+        raise PlanError(f"plan was made for another network than {net.name!r}",
+                        "re-plan for this network")
+
+
+def finite(x: np.ndarray) -> bool:
+    """Whether ``x`` holds no NaN or Inf: two vectorised reductions, no temporary array (NaN
+    propagates through min and max, ±Inf shows in one of them)."""
+    return bool(np.isfinite(x.min()) and np.isfinite(x.max()))
+
+
 class CompiledPlan:
     """Steps ready to run; ``run`` maps ``(S, C_in, *input_patch)`` to ``(S, C_out, *patch)``."""
 
     def __init__(self, plan: Plan, net: Network, threads: int) -> None:
-        if plan.network_digest != network_digest(net):
-            raise PlanError(f"plan was made for another network than {net.name!r}",
-                            "re-plan for this network")
+        check_plan(plan, net)
         weights = net.require_weights()
         self.plan = plan
-        self.threads = threads
+        self.threads = check_threads(threads)  # znni.infer with a given plan skips planning
         layers = [s.layer for s in net.layer_shapes(plan.output_patch, 1, plan.max_filtered)]
         self.windows = [layer.window for layer in layers  # fragments to recombine
                         if isinstance(layer, Pool) and not layer.max_filter]
         start = time.perf_counter()
 
-        def prepare(lp):  # type: ignore[no-untyped-def]
+        def prepare(lp: LayerPlan) -> Step:
             primitive, layer = PRIMITIVES[lp.primitive], layers[lp.index]
             if lp.in_place:
                 return in_place.prepare(primitive, lp.index, layer, lp.input_shape,
@@ -77,6 +89,21 @@ class CompiledPlan:
         """The GPU tail (if any) on the head's output, then the dense recombination."""
         return recombine(self._run_steps(x, self.head_steps, len(self.steps)), self.windows,
                          self.plan.batch)
+
+    def first_nonfinite_layer(self, x: np.ndarray) -> str | None:
+        """Run ``x`` (from :meth:`new_input`; consumed) step by step and name the first layer
+        whose output holds NaN or Inf — a diagnosis, run only after an output was found so."""
+        for i in range(len(self.steps)):
+            x = self._run_steps(x, i, i + 1)
+            if not finite(x):
+                # one step per layer, except a resident GPU tail: one step for all its layers
+                layers = (self.plan.layers[i:i + 1] if len(self.steps) == len(self.plan.layers)
+                          or i < self.head_steps else self.plan.layers[self.head_steps:])
+                first, last = layers[0], layers[-1]
+                if first is last:
+                    return f"layer {first.index} ({first.kind}, {first.primitive})"
+                return f"layers {first.index} to {last.index} (the resident GPU tail)"
+        return None
 
     def _run_steps(self, x: np.ndarray, start: int, stop: int) -> np.ndarray:
         for i in range(start, stop):

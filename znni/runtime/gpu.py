@@ -48,8 +48,13 @@ from ..primitives.base import Step, padded_empty, tensor_bytes
 from ..primitives.direct import pack_weights
 from ..primitives.gpu import Split, intermediate_buffers, output_shape, scaled_shape
 from ..primitives.gpu_fft import gpu_fft_source
-from ..primitives.gpu_kernels import (direct_block, emulating, gpu_direct_source,
-                                      gpu_pool_source, load_gpu_kernel)
+from ..primitives.gpu_kernels import (
+    direct_block,
+    emulating,
+    gpu_direct_source,
+    gpu_pool_source,
+    load_gpu_kernel,
+)
 from ..spec import Conv, Layer, Pool, Shape5
 
 GPU_ABI_HEADER = TEMPLATE_DIR / "znni_gpu_abi.h"
@@ -260,6 +265,11 @@ def _host_weights(primitive: str, layer: Layer,
     """The weights as the kernel reads them: packed blocks (direct) or the plain arrays."""
     if weights is None:
         return None, None
+    return _kernel_weights(primitive, layer, weights)
+
+
+def _kernel_weights(primitive: str, layer: Layer, weights: Weights) -> Weights:
+    """:func:`_host_weights` of weights that are there."""
     if primitive.endswith("direct"):
         assert isinstance(layer, Conv)
         return pack_weights(*weights, direct_block(layer))
@@ -299,9 +309,9 @@ class DeviceChain:
         self.out_shape = output_shape(layers[-1], shapes[-1])
         self.layers = [self._layer(p, layer, shape, w, first_index + i)
                        for i, (p, layer, shape, w) in enumerate(zip(primitives, layers, shapes,
-                                                                    weights))]
+                                                                    weights, strict=True))]
         outputs = [output_shape(layer, scaled_shape(shape, self.sub, self.total))
-                   for layer, shape in zip(layers, shapes)]
+                   for layer, shape in zip(layers, shapes, strict=True)]
         self.d_in = [self.dev.alloc(tensor_bytes(scaled_shape(shapes[0], self.sub, self.total)))
                      for _ in range(2)]
         self.d_out = [self.dev.alloc(tensor_bytes(outputs[-1])) for _ in range(2)]
@@ -359,7 +369,7 @@ class _Group:
 
 
 class MapChunkStep:
-    """A host-mode layer split into channel chunks (DESIGN §6), ``samples`` at a time.
+    """A host-mode layer split into channel chunks (docs/design.md §6), ``samples`` at a time.
 
     Conv: each output-map chunk accumulates over the input-map chunks on the device (the
     chunk entry starts from the partial sums and the last chunk adds the bias and activates),
@@ -390,7 +400,7 @@ class MapChunkStep:
         self.d_in = [self.dev.alloc(tensor_bytes(first_in)) for _ in range(2)]
         self.d_out = [self.dev.alloc(tensor_bytes(first_out)) for _ in range(2)]
         biggest = [max((a.nbytes for a in pair), default=0)
-                   for pair in zip(*self.weights.values())] or [0, 0]
+                   for pair in zip(*self.weights.values(), strict=True)] or [0, 0]
         self.d_w = [[self.dev.alloc(n) if n else 0 for n in biggest] for _ in range(2)]
         self.streams = self.dev.streams(2)
 
@@ -404,7 +414,7 @@ class MapChunkStep:
                                         f"layer {index} maps {key[0]}->{key[1]}")
         if weights is not None:
             w, b = weights
-            self.weights[ins, out] = _host_weights(  # type: ignore[assignment]
+            self.weights[ins, out] = _kernel_weights(
                 primitive, sub, (w[out[0]:out[1], ins[0]:ins[1]], b[out[0]:out[1]]))
 
     def _sub_layer(self, ins: tuple[int, int], out: tuple[int, int]) -> Layer:
@@ -413,7 +423,7 @@ class MapChunkStep:
         return replace(self.layer, channels=ins[1] - ins[0])
 
     def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
-        out = padded_empty(output_shape(self.layer, x.shape), out_slack)  # type: ignore[arg-type]
+        out = padded_empty(output_shape(self.layer, x.shape), out_slack)
         per_item = out.shape[0] // x.shape[0]  # MPF fragments per sample
         g = 0
         with self.rt.pinned(x, out):

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import config
-from ..errors import PlanError
+from ..errors import NumericError, PlanError
 from ..planner.plan import Plan, PrimitiveChoice, default_patch, make_plan
 from ..planner.search import default_budget
 from ..planner.search import plan as search_plan
 from ..spec import Network, Vec3
-from .executor import CompiledPlan
+from .executor import CompiledPlan, finite
 from .pipeline import run_batches
 from .tiling import Tile, tiles
 from .volume import as_volume, check_mode, same_padding
@@ -33,6 +33,25 @@ class InferStats:
         return self.output_voxels / self.seconds if self.seconds > 0 else float("inf")
 
 
+def _load(sample: np.ndarray, tile: Tile, vol: np.ndarray, vol_origin: Vec3) -> None:
+    """Fill one sample of the input buffer with ``tile``'s input from ``vol`` (whose voxel 0
+    is volume voxel ``vol_origin``), zero past its end."""
+    in_patch = sample.shape[1:]
+    src = tuple(slice(tile.start[a] - vol_origin[a],
+                      min(tile.start[a] - vol_origin[a] + in_patch[a], vol.shape[1 + a]))
+                for a in range(3))
+    region = vol[(slice(None), *src)]
+    if region.shape[1:] != in_patch:
+        sample.fill(0)  # zero-pad beyond the volume (patches at the far edge)
+    sample[(slice(None), *(slice(0, n) for n in region.shape[1:]))] = region
+
+
+def _written(tile: Tile, out_origin: Vec3) -> tuple[slice, ...]:
+    """The voxels ``tile`` writes, in an output array whose voxel 0 is ``out_origin``."""
+    return tuple(slice(tile.write_start[a] - out_origin[a],
+                       tile.start[a] + tile.size[a] - out_origin[a]) for a in range(3))
+
+
 def run_tiles(compiled: CompiledPlan, group: Sequence[Tile], vol: np.ndarray, vol_origin: Vec3,
               out: np.ndarray, out_origin: Vec3,
               progress: Callable[[int, int], None] | None = None) -> None:
@@ -40,27 +59,18 @@ def run_tiles(compiled: CompiledPlan, group: Sequence[Tile], vol: np.ndarray, vo
     is volume voxel ``vol_origin``; zero past its end), its written voxels into ``out``
     (whose voxel 0 is output voxel ``out_origin``)."""
     plan = compiled.plan
-    in_patch = plan.input_patch
     buf = compiled.new_input()
     done = 0
 
     def load(batch: Sequence[Tile]) -> np.ndarray:
         for sample, tile in enumerate(batch):
-            src = tuple(slice(tile.start[a] - vol_origin[a],
-                              min(tile.start[a] - vol_origin[a] + in_patch[a], vol.shape[1 + a]))
-                        for a in range(3))
-            region = vol[(slice(None), *src)]
-            if region.shape[1:] != in_patch:
-                buf[sample].fill(0)  # zero-pad beyond the volume (patches at the far edge)
-            buf[sample][(slice(None), *(slice(0, n) for n in region.shape[1:]))] = region
+            _load(buf[sample], tile, vol, vol_origin)
         return buf  # a short last group leaves stale samples: ignored
 
     def store(batch: Sequence[Tile], dense: np.ndarray) -> None:
         nonlocal done
         for sample, tile in enumerate(batch):
-            dst = tuple(slice(tile.write_start[a] - out_origin[a],
-                              tile.start[a] + tile.size[a] - out_origin[a]) for a in range(3))
-            out[(slice(None), *dst)] = dense[sample][(
+            out[(slice(None), *_written(tile, out_origin))] = dense[sample][(
                 slice(None), *(slice(tile.skip[a], tile.size[a]) for a in range(3)))]
         done += len(batch)
         if progress is not None:
@@ -69,6 +79,29 @@ def run_tiles(compiled: CompiledPlan, group: Sequence[Tile], vol: np.ndarray, vo
     # CPU–GPU plans overlap batch k's GPU tail with batch k+1's CPU head (pipeline.py)
     run_batches(compiled, [group[first:first + plan.batch]
                            for first in range(0, len(group), plan.batch)], load, store)
+
+
+def check_finite(compiled: CompiledPlan, group: Sequence[Tile], vol: np.ndarray,
+                 vol_origin: Vec3, out: np.ndarray, out_origin: Vec3, what: str) -> None:
+    """Refuse an output ``out`` (written by :func:`run_tiles` with the same arguments) that
+    holds NaN or Inf — float32 overflow, which no later step would notice (clipping to uint8
+    turns NaN into 0). The check is two reductions over the output, a small fraction of the
+    time the net took to make it. On failure the first patch with a non-finite voxel is rerun
+    layer by layer to name the layer where it appeared; ``what`` names ``out`` in the
+    message."""
+    if finite(out):
+        return
+    tile = next(t for t in group if not finite(out[(slice(None), *_written(t, out_origin))]))
+    buf = compiled.new_input()
+    for sample in buf:  # every sample the same patch: nothing else can be blamed
+        _load(sample, tile, vol, vol_origin)
+    layer = compiled.first_nonfinite_layer(buf)
+    patch = f"the patch at output voxel {list(tile.start)}"
+    where = (f"in {patch} it first appears in the output of {layer}" if layer else
+             f"rerunning {patch} layer by layer did not reproduce it")
+    raise NumericError(f"{what} holds NaN or Inf (float32 overflow); {where}",
+                       "the weights or the input values are too large (or the weights are "
+                       "wrong): check them, or scale them down")
 
 
 def output_extent(net: Network, volume_shape: tuple[int, ...]) -> Vec3:
@@ -142,6 +175,7 @@ def infer_with_stats(net: Network, volume: np.ndarray, patch: Vec3 | None = None
     out = np.empty((net.output_channels, *extent), np.float32)
     all_tiles = list(tiles(extent, plan.output_patch))
     run_tiles(compiled, all_tiles, vol, (0, 0, 0), out, (0, 0, 0), progress)
+    check_finite(compiled, all_tiles, vol, (0, 0, 0), out, (0, 0, 0), "the output")
     seconds = time.perf_counter() - start
     log.info("inferred %d patches of %s (batch %d) in %.2f s", len(all_tiles),
              list(plan.output_patch), plan.batch, seconds)

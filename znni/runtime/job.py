@@ -8,6 +8,13 @@ records itself done (:mod:`~znni.runtime.ledger`). Re-running the same job skips
 run killed at any moment resumes to output bit-identical to an uninterrupted one — and to
 :func:`znni.infer` on the same array with the same plan, since every patch sees the same input
 wherever it runs. Memory: the plan's budget plus one block's input and output, never the volume.
+
+Data safety: an output that is the input, under any name, is refused (:mod:`.identity`); one
+job at a time writes an output (:mod:`.lock`); the done records belong to the input's content,
+not only its name, so a changed input is recomputed; nothing is made on disk before every check
+has passed and the kernels are compiled, and a run failing before its first block is done
+removes what it made; a block whose output holds NaN or Inf is an error naming the layer where
+it appeared, and is never recorded done.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,21 +34,29 @@ import numpy as np
 from .. import config
 from ..errors import ShapeError, ZnniError
 from ..planner.plan import Plan, PrimitiveChoice, network_digest
+from ..planner.search import check_saved_plan
 from ..spec import Network, Vec3
-from .executor import CompiledPlan
-from .infer import plan_for_volume, run_tiles
-from .ledger import Ledger
-from .storage import InputVolume, OutputVolume, ledger_folder, open_input, open_output
-from .tiling import Block, blocks
-from .volume import as_float32, check_mode, same_padding
+from .block_task import Region, Source, VolumeJob, open_job, release, run_block
+from .cluster import check_output, run_on_cluster
+from .executor import check_plan
+from .identity import check_distinct, content_identity
+from .infer import plan_for_volume
+from .lock import output_lock
+from .storage import (
+    check_output_spec,
+    ledger_folder,
+    lock_path,
+    open_input,
+    remove_output,
+    volume_path,
+)
+from .tiling import vec3
+from .volume import check_mode, same_padding
 
 log = logging.getLogger("znni")
 
 #: Target bytes of one block's input and output buffers (at least one patch per block).
 BLOCK_BYTES = 256 << 20
-
-Region = tuple[Vec3, Vec3]  # [start, stop) per axis
-
 
 @dataclass(frozen=True)
 class VolumeStats:
@@ -74,49 +90,21 @@ def parse_bbox(text: str, shape: Sequence[int]) -> Region:
     return (start[0], start[1], start[2]), (stop[0], stop[1], stop[2])
 
 
-def _reflect(index: np.ndarray, n: int) -> np.ndarray:
-    """numpy's ``reflect`` padding as an index map (mirror without repeating the edge)."""
-    if n == 1:
-        return np.zeros_like(index)
-    period = 2 * (n - 1)
-    i = np.mod(index, period)
-    return np.where(i < n, i, period - i)
-
-
-class Source:
-    """The (possibly reflect-padded) input region as a virtual ``(C, Z, Y, X)`` volume."""
-
-    def __init__(self, volume: InputVolume, region: Region, pad: list[tuple[int, int]]) -> None:
-        self.volume, self.region, self.pad = volume, region, pad
-        self.shape = tuple(region[1][a] - region[0][a] + sum(pad[a]) for a in range(3))
-
-    def read(self, start: Vec3, stop: Vec3) -> np.ndarray:
-        """float32 voxels [start, stop) of the virtual volume, clipped to its extent."""
-        stop = tuple(min(stop[a], self.shape[a]) for a in range(3))  # type: ignore[assignment]
-        if not any(lo for lo, _ in self.pad) and not any(hi for _, hi in self.pad):
-            origin = self.region[0]
-            raw = self.volume.read(tuple(origin[a] + start[a] for a in range(3)),
-                                   tuple(origin[a] + stop[a] for a in range(3)))
-            return as_float32(raw)
-        index = [self.region[0][a] + _reflect(
-            np.arange(start[a], stop[a]) - self.pad[a][0],
-            self.region[1][a] - self.region[0][a]) for a in range(3)]
-        lo = [int(i.min()) for i in index]
-        box = self.volume.read(tuple(lo), tuple(int(i.max()) + 1 for i in index))
-        picked = box[np.ix_(range(box.shape[0]), *(index[a] - lo[a] for a in range(3)))]
-        return as_float32(picked)
-
-
-def job_digest(net: Network, plan: Plan, source: Source, mode: str, output_dtype: str) -> str:
-    """What the output's bits depend on: done records of any other job are not reused."""
+def job_digest(net: Network, plan: Plan, source: Source, mode: str, output_dtype: str,
+               input_identity: str) -> str:
+    """What the output's bits depend on, the input's content identity
+    (:func:`~znni.runtime.identity.content_identity`) included: done records of any other job
+    are not reused."""
     h = hashlib.sha256()
     h.update(network_digest(net).encode())
     for index, (w, b) in sorted(net.require_weights().items()):
         h.update(str(index).encode() + np.ascontiguousarray(w).tobytes()
                  + np.ascontiguousarray(b).tobytes())
     h.update(json.dumps({
-        "plan": [plan.output_patch, plan.batch, [(lp.primitive, lp.in_place) for lp in plan.layers]],
-        "input": [source.volume.path, source.volume.shape, str(source.volume.dtype)],
+        "plan": [plan.output_patch, plan.batch,
+                 [(lp.primitive, lp.in_place) for lp in plan.layers]],
+        "input": [source.volume.path, source.volume.shape, str(source.volume.dtype),
+                  input_identity],
         "region": source.region, "mode": mode, "dtype": output_dtype}).encode())
     return h.hexdigest()
 
@@ -145,85 +133,6 @@ def block_size(net: Network, plan: Plan, extent: Vec3) -> Vec3:
     return (units[0] * patch[0], units[1] * patch[1], units[2] * patch[2])
 
 
-@dataclass(frozen=True)
-class VolumeJob:
-    """Everything a block task needs, picklable: Dask ships it to workers, which open the
-    volumes and compile the plan themselves (once per process, from their own kernel cache)."""
-
-    net: Network
-    plan: Plan
-    src: str
-    dst: str
-    region: Region
-    mode: str
-    output_dtype: str
-    threads: int
-    extent: Vec3   # of the dense output
-    block: Vec3
-    digest: str
-
-    def source(self) -> Source:
-        pad = same_padding(self.net) if self.mode == "same" else [(0, 0)] * 3
-        return Source(open_input(self.src), self.region, pad)
-
-    def blocks(self) -> list[Block]:
-        return blocks(self.extent, self.plan.output_patch, self.block)
-
-    def output(self) -> OutputVolume:
-        return open_output(self.dst, (self.net.output_channels, *self.extent),
-                           self.output_dtype, (self.net.output_channels, *self.block))
-
-    def ledger(self) -> Ledger:
-        return Ledger(ledger_folder(self.dst), self.digest)
-
-
-@dataclass
-class _Opened:
-    """What a process keeps of the job it is running: open volumes, compiled plan, blocks."""
-
-    source: Source
-    output: OutputVolume
-    compiled: CompiledPlan
-    blocks: dict[Vec3, Block]
-
-
-#: Per process: the job being run, by digest.
-_context: dict[str, _Opened] = {}
-
-
-def release() -> None:
-    """Close the volumes this process holds open for a job."""
-    for opened in _context.values():
-        opened.output.close()
-    _context.clear()
-
-
-def run_block(job: VolumeJob, index: Vec3) -> int:
-    """Run one block of ``job`` here: read, compute, write its chunks, flush, then record it
-    done. Idempotent (a retried or duplicated task rewrites the same bits). Returns the output
-    voxels written."""
-    if job.digest not in _context:
-        release()
-        _context[job.digest] = _Opened(job.source(), job.output(),
-                                       CompiledPlan(job.plan, job.net, job.threads),
-                                       {b.index: b for b in job.blocks()})
-    opened = _context[job.digest]
-    source, out, compiled, b = opened.source, opened.output, opened.compiled, opened.blocks[index]
-    in_patch = compiled.plan.input_patch
-    lo = tuple(min(t.start[a] for t in b.tiles) for a in range(3))
-    hi = tuple(max(t.start[a] for t in b.tiles) + in_patch[a] for a in range(3))
-    vol = source.read(lo, hi)  # type: ignore[arg-type]
-    dense = np.empty((job.net.output_channels, *(b.stop[a] - b.start[a] for a in range(3))),
-                     np.float32)
-    run_tiles(compiled, b.tiles, vol, lo, dense, b.start)  # type: ignore[arg-type]
-    if job.output_dtype == "uint8":
-        dense = np.rint(np.clip(dense, 0, 1) * 255).astype(np.uint8)
-    out.write(b.start, dense)
-    out.flush()
-    job.ledger().mark(b.name)
-    return math.prod(b.stop[a] - b.start[a] for a in range(3))
-
-
 def infer_volume(net: Network, src: str, dst: str, *, plan: Plan | None = None,
                  patch: Vec3 | None = None, primitives: PrimitiveChoice = None,
                  memory: int | str | None = None, threads: int | None = None, mode: str = "valid",
@@ -236,13 +145,70 @@ def infer_volume(net: Network, src: str, dst: str, *, plan: Plan | None = None,
     ``"4GiB"``; default: 80 % of the available RAM) less one block — per worker. ``bbox``:
     ``"z0:z1,y0:y1,x0:x1"`` of the input. ``progress(done, total, stats)`` after each block.
     ``client``: a ``distributed.Client`` to farm the blocks out to (:mod:`.cluster`); each
-    worker runs ``threads`` kernel threads. Returns what this run did."""
-    if client is not None:
-        from .cluster import check_output
+    worker runs ``threads`` kernel threads. Returns what this run did.
 
+    In order: every check and the plan (:func:`prepare_job`; nothing on disk is touched), the
+    output's lock (:mod:`.lock`; held to the end), the kernels (compiled here for a local run),
+    and only then the output and its ledger are made — so a failed check leaves nothing behind,
+    and a failure before the first block is done removes what this run made."""
+    if client is not None:
         check_output(dst)
     job = prepare_job(net, src, dst, plan, patch, primitives, memory, threads, mode, bbox,
                       output_dtype)
+    with output_lock(lock_path(dst), dst):
+        job.ledger().check()
+        try:
+            if client is None:
+                open_job(job)  # compile now: a compile error must not leave an empty output
+            with _initialised(job):
+                return _run(job, progress, client)
+        finally:
+            release()
+
+
+@contextmanager
+def _initialised(job: VolumeJob) -> Iterator[None]:
+    """Create (or reopen) the output and open its ledger for the ``with`` block. If the block
+    fails before any block of the job is recorded done, remove what this run made: the output
+    if it was not there before (only the dataset, in an HDF5 file that was), and the ledger.
+    An output from before this run, or one holding done blocks, is kept."""
+    had_file = volume_path(job.dst).exists()
+    created = not had_file  # until open_output says what it did
+    ledger, opened = job.ledger(), False
+    try:
+        output = job.output()
+        created = output.created
+        output.close()
+        _report_cleared(job, ledger.open(reset=created), created)
+        opened = True
+        yield
+    except BaseException:
+        if not (opened and ledger.any_done()):
+            release()  # close the output before removing it
+            if created:
+                remove_output(job.dst, whole_file=not had_file)
+            if opened:
+                ledger.remove()
+        raise
+
+
+def _report_cleared(job: VolumeJob, cleared: dict[str, str] | None, created: bool) -> None:
+    """Say why done records were cleared (the ledger says which it cleared)."""
+    if cleared is None:
+        return
+    if created:
+        log.warning("output %s was not there: the done records beside it are cleared", job.dst)
+    elif "input" in cleared and cleared["input"] != job.input_identity:
+        log.warning("input %s changed since the records were written; recomputing all blocks",
+                    job.src)
+    else:
+        log.info("done records of another job (network, weights, plan, input, region, mode or "
+                 "output dtype) cleared")
+
+
+def _run(job: VolumeJob, progress: Callable[[int, int, VolumeStats], None] | None,
+         client: Any) -> VolumeStats:
+    """Run the blocks of ``job`` not yet done, here or on ``client``'s workers."""
     work = job.blocks()
     ledger = job.ledger()
     todo = [b.index for b in work if not ledger.done(b.name)]
@@ -257,14 +223,9 @@ def infer_volume(net: Network, src: str, dst: str, *, plan: Plan | None = None,
                 time.perf_counter() - start, voxels, n, len(work) - len(todo)))
 
     if client is None:
-        try:
-            for n, index in enumerate(todo, 1):
-                finished(n, run_block(job, index))
-        finally:
-            release()
+        for n, index in enumerate(todo, 1):
+            finished(n, run_block(job, index))
     else:
-        from .cluster import run_on_cluster
-
         run_on_cluster(client, job, todo, finished)
     return VolumeStats(time.perf_counter() - start, voxels, len(todo), len(work) - len(todo))
 
@@ -272,32 +233,38 @@ def infer_volume(net: Network, src: str, dst: str, *, plan: Plan | None = None,
 def prepare_job(net: Network, src: str, dst: str, plan: Plan | None, patch: Vec3 | None,
                 primitives: PrimitiveChoice, memory: int | str | None, threads: int | None,
                 mode: str, bbox: str | None, output_dtype: str) -> VolumeJob:
-    """Check everything, plan, create (or reopen) the output and its ledger: a job ready to
-    run, locally or on a cluster. Nothing is written before every check has passed."""
+    """Check everything and plan: a job ready to run, locally or on a cluster. Touches nothing
+    on disk: the output and its ledger are made by :func:`infer_volume`, under the lock."""
     check_mode(mode)
     net.require_weights()
     volume = open_input(src)
     if volume.shape[0] != net.input_channels:
         raise ShapeError(f"input volume has {volume.shape[0]} channel(s), network {net.name!r} "
                          f"expects {net.input_channels}", "stack the channels on the first axis")
+    check_output_spec(dst, output_dtype)
+    check_distinct(src, volume_path(src), dst, {"the output": volume_path(dst),
+                                                "its done records": ledger_folder(dst),
+                                                "its lock file": lock_path(dst)})
     region = parse_bbox(bbox, volume.shape[1:]) if bbox else ((0, 0, 0), volume.shape[1:])
     pad = same_padding(net) if mode == "same" else [(0, 0)] * 3
-    source = Source(volume, region, pad)  # type: ignore[arg-type]
+    source = Source(volume, region, pad)
     fov = net.fov
     if any(source.shape[a] < fov[a] for a in range(3)):
         raise ShapeError(f"input region {list(source.shape)} (z,y,x) is smaller than the field "
                          f"of view {list(fov)} of network {net.name!r}",
                          "give a larger region, or --mode same")
-    extent = tuple(source.shape[a] - fov[a] + 1 for a in range(3))
+    extent = vec3(source.shape[a] - fov[a] + 1 for a in range(3))
+    saved = plan is not None
     if plan is None:
         budget = None if memory is None else config.parse_bytes(memory)
-        plan = plan_for_volume(net, extent,  # type: ignore[arg-type]
+        plan = plan_for_volume(net, extent,
                                None if patch is None else net.check_patch(patch), budget,
                                primitives, threads, held_bytes=BLOCK_BYTES)
-    job = VolumeJob(net, plan, src, dst, region, mode, output_dtype,  # type: ignore[arg-type]
-                    threads or config.default_threads(), extent,  # type: ignore[arg-type]
-                    block_size(net, plan, extent),  # type: ignore[arg-type]
-                    job_digest(net, plan, source, mode, output_dtype))
-    job.output().close()  # create it (or check the existing one) before any block runs
-    job.ledger().open()
-    return job
+    check_plan(plan, net)
+    if saved:  # a saved plan: sized for this volume and --memory (planner/search.py)
+        check_saved_plan(plan, net, extent, memory)
+    identity = content_identity(volume_path(src))
+    return VolumeJob(net, plan, src, dst, region, mode, output_dtype,
+                     threads or config.default_threads(), extent,
+                     block_size(net, plan, extent),
+                     job_digest(net, plan, source, mode, output_dtype, identity), identity)

@@ -1,4 +1,5 @@
-"""The CPU–GPU pipeline (DESIGN §6): batch k's GPU tail runs while batch k+1's CPU head does.
+"""The CPU–GPU pipeline (docs/design.md §6): batch k's GPU tail runs while batch k+1's CPU head
+does.
 
 The planner's time per patch of a CPU–GPU plan is max(head, tail) because of this overlap (a
 queue of two). The tail runs in one worker thread (its cffi calls release the GIL; the head's

@@ -13,6 +13,7 @@ by the block planner's blocks so that every block writes whole chunks.
 from __future__ import annotations
 
 import importlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,12 @@ def _kind(spec: str) -> str:
     return kinds[suffix]
 
 
+def volume_path(spec: str) -> Path:
+    """The file (npy, TIFF, HDF5: the whole file, whatever the dataset) or directory (zarr)
+    holding the volume ``spec``."""
+    return _split_h5(spec)[0] if _kind(spec) == "h5" else Path(spec)
+
+
 def ledger_folder(spec: str) -> Path:
     """Where the done records of an output live: beside it (per dataset for HDF5)."""
     if _kind(spec) == "h5":
@@ -58,6 +65,13 @@ def ledger_folder(spec: str) -> Path:
         return path.with_name(f"{path.name}.{dataset.strip('/').replace('/', '.')}.znni-done")
     path = Path(spec)
     return path.with_name(f"{path.name}.znni-done")
+
+
+def lock_path(spec: str) -> Path:
+    """The lock file of an output: beside it, per file (two HDF5 datasets of one file cannot
+    be written at once either), and outside the ledger folder, which is cleared and rebuilt."""
+    path = volume_path(spec)
+    return path.with_name(f"{path.name}.znni-lock")
 
 
 @dataclass
@@ -70,15 +84,16 @@ class InputVolume:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         s = tuple(self.array.shape)
-        return (1, *s) if len(s) == 3 else s  # type: ignore[return-value]
+        return (1, *s) if len(s) == 3 else s
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self.array.dtype)
+        dtype: np.dtype = np.dtype(self.array.dtype)
+        return dtype
 
     def read(self, start: tuple[int, ...], stop: tuple[int, ...]) -> np.ndarray:
         """Voxels [start, stop) of every channel, as ``(C, z, y, x)`` in the stored dtype."""
-        box = tuple(slice(a, b) for a, b in zip(start, stop))
+        box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
         if len(self.array.shape) == 3:
             return np.asarray(self.array[box])[None]
         return np.asarray(self.array[(slice(None), *box)])
@@ -87,7 +102,7 @@ class InputVolume:
 def open_input(spec: str) -> InputVolume:
     """Open ``spec`` for reading; checks existence, rank and dtype."""
     kind = _kind(spec)
-    path = _split_h5(spec)[0] if kind == "h5" else Path(spec)
+    path = volume_path(spec)
     if not path.exists():
         raise ZnniError(f"input volume {spec!r} not found", "check the --input path")
     try:
@@ -109,7 +124,7 @@ def open_input(spec: str) -> InputVolume:
             array = zarr.open_array(tifffile.imread(str(path), aszarr=True), mode="r")
     except ZnniError:
         raise
-    except Exception as exc:  # every reader has its own errors: name the file, keep the cause
+    except Exception as exc:  # noqa: BLE001 - every reader has its own errors: name the file
         raise ZnniError(f"cannot read input volume {spec!r}: {exc}",
                         "give a .npy, .zarr, FILE.h5:/dataset or TIFF volume") from None
     volume = InputVolume(array, spec)
@@ -135,9 +150,10 @@ class OutputVolume:
     array: Any
     path: str
     handle: Any = None  # the HDF5 file, flushed after each block
+    created: bool = False  # by this open_output call (not there before)
 
     def write(self, start: tuple[int, ...], data: np.ndarray) -> None:
-        box = tuple(slice(a, a + n) for a, n in zip(start, data.shape[1:]))
+        box = tuple(slice(a, a + n) for a, n in zip(start, data.shape[1:], strict=True))
         self.array[(slice(None), *box)] = data
 
     def flush(self) -> None:
@@ -153,20 +169,24 @@ class OutputVolume:
             self.handle.close()
 
 
+def check_output_spec(spec: str, dtype: str) -> None:
+    """What can be said of an output before touching the disk: format, dtype, directory."""
+    if dtype not in OUTPUT_DTYPES:
+        raise ZnniError(f"output dtype {dtype!r} is not supported",
+                        f"use one of {', '.join(OUTPUT_DTYPES)}")
+    if _kind(spec) == "tiff":
+        raise ZnniError("TIFF is an input format only", "write the output as .zarr")
+    parent = volume_path(spec).parent
+    if not parent.is_dir():
+        raise ZnniError(f"output directory {str(parent)!r} does not exist", "create it first")
+
+
 def open_output(spec: str, shape: tuple[int, int, int, int], dtype: str,
                 chunks: tuple[int, int, int, int]) -> OutputVolume:
     """Create ``spec``, or reopen it if it already holds an array of exactly this shape and
     dtype (a resumed run). Anything else there is an error, and is left untouched."""
-    if dtype not in OUTPUT_DTYPES:
-        raise ZnniError(f"output dtype {dtype!r} is not supported",
-                        f"use one of {', '.join(OUTPUT_DTYPES)}")
-    kind = _kind(spec)
-    if kind == "tiff":
-        raise ZnniError("TIFF is an input format only", "write the output as .zarr")
-    path = _split_h5(spec)[0] if kind == "h5" else Path(spec)
-    if not path.parent.is_dir():
-        raise ZnniError(f"output directory {str(path.parent)!r} does not exist",
-                        "create it first")
+    check_output_spec(spec, dtype)
+    kind, path = _kind(spec), volume_path(spec)
     existing = _open_existing(spec, kind, path)
     if existing is not None:
         found = (tuple(existing.array.shape), str(np.dtype(existing.array.dtype)))
@@ -177,18 +197,34 @@ def open_output(spec: str, shape: tuple[int, int, int, int], dtype: str,
         return existing
     if kind == "npy":
         array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-        return OutputVolume(array, spec)
+        return OutputVolume(array, spec, created=True)
     if kind == "zarr":
         zarr = _require("zarr")
         array = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=dtype,
                                   fill_value=0, overwrite=False)
-        return OutputVolume(array, spec)
+        return OutputVolume(array, spec, created=True)
     h5py = _require("h5py")
     handle = h5py.File(path, "a")
     dataset = _split_h5(spec)[1]
-    array = handle.create_dataset(dataset, shape=shape, dtype=dtype, chunks=chunks,
+    # HDF5 refuses chunks larger than the array (a one-block volume); zarr takes them
+    fitted = tuple(min(c, n) for c, n in zip(chunks, shape, strict=True))
+    array = handle.create_dataset(dataset, shape=shape, dtype=dtype, chunks=fitted,
                                   compression="gzip", compression_opts=1)
-    return OutputVolume(array, spec, handle)
+    return OutputVolume(array, spec, handle, created=True)
+
+
+def remove_output(spec: str, whole_file: bool) -> None:
+    """Delete an output this run created and no block has filled: its file or zarr directory
+    (``whole_file``; through a symbolic link that was there, the file it made), or only its
+    dataset in an HDF5 file that was there before the run."""
+    path = volume_path(spec).resolve()
+    if _kind(spec) == "h5" and not whole_file:
+        with _require("h5py").File(path, "a") as handle:
+            handle.pop(_split_h5(spec)[1], None)
+    elif path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _open_existing(spec: str, kind: str, path: Path) -> OutputVolume | None:
@@ -207,6 +243,6 @@ def _open_existing(spec: str, kind: str, path: Path) -> OutputVolume | None:
         return OutputVolume(handle[dataset], spec, handle)
     except ZnniError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - zarr/h5py/numpy each raise their own errors
         raise ZnniError(f"output {spec!r} exists and is not a readable volume ({exc})",
                         "choose another --output, or delete the old one") from None

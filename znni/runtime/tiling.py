@@ -1,4 +1,4 @@
-"""Cutting a dense output volume into patches, and patches into blocks (DESIGN §8).
+"""Cutting a dense output volume into patches, and patches into blocks (docs/design.md §8).
 
 Output patches start on a global grid of multiples of the patch; the last one along an axis is
 shifted back inside the volume and writes only the voxels its neighbour did not (results are
@@ -15,10 +15,16 @@ depends only on input [v, v + FOV).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ..spec import Vec3
+
+
+def vec3(values: Iterable[int]) -> Vec3:
+    """Exactly three ``values`` as a (z, y, x) triple (a typed ``tuple(values)``)."""
+    z, y, x = values
+    return z, y, x
 
 
 @dataclass(frozen=True)
@@ -50,8 +56,8 @@ def tiles(output_extent: Vec3, patch: Vec3) -> Iterator[Tile]:
     per_axis = [axis_tiles(output_extent[a], patch[a]) for a in range(3)]
     for (z, sz), (y, sy), (x, sx) in itertools.product(*per_axis):
         start = (z, y, x)
-        size = tuple(min(patch[a], output_extent[a] - start[a]) for a in range(3))
-        yield Tile(start, size, (sz, sy, sx))  # type: ignore[arg-type]
+        size = vec3(min(patch[a], output_extent[a] - start[a]) for a in range(3))
+        yield Tile(start, size, (sz, sy, sx))
 
 
 @dataclass(frozen=True)
@@ -76,11 +82,12 @@ def blocks(output_extent: Vec3, patch: Vec3, block: Vec3) -> list[Block]:
     counts = [-(-output_extent[a] // block[a]) for a in range(3)]
     grouped: dict[Vec3, list[Tile]] = {}
     for tile in tiles(output_extent, patch):
-        key = tuple(tile.write_start[a] // block[a] for a in range(3))
-        grouped.setdefault(key, []).append(tile)  # type: ignore[arg-type]
+        key = vec3(tile.write_start[a] // block[a] for a in range(3))
+        grouped.setdefault(key, []).append(tile)
     out = []
-    for index in itertools.product(*(range(c) for c in counts)):
-        start = tuple(index[a] * block[a] for a in range(3))
-        stop = tuple(min(start[a] + block[a], output_extent[a]) for a in range(3))
-        out.append(Block(index, start, stop, tuple(grouped[index])))  # type: ignore[arg-type]
+    for position in itertools.product(*(range(c) for c in counts)):
+        index = vec3(position)
+        start = vec3(index[a] * block[a] for a in range(3))
+        stop = vec3(min(start[a] + block[a], output_extent[a]) for a in range(3))
+        out.append(Block(index, start, stop, tuple(grouped[index])))
     return out

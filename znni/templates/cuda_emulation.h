@@ -104,7 +104,7 @@ inline int znni_launch_status() { return (int)cudaGetLastError(); }
 typedef int (*znni_gpu_forward_fn)(const float *, float *, const float *, const float *, int,
                                    void *);
 
-/* GPU + host RAM (DESIGN §6): `batch` items of a host input through a module's device entry in
+/* GPU + host RAM (docs/design.md §6): `batch` items of a host input through a module's device entry in
  * sub-layers of `chunk` items (a batch split: each input up once, each output down once; items
  * are whole samples or fragments, `in_item`/`out_item` floats each). Two streams and two buffer
  * sets alternate, so chunk c+1's upload and chunk c-1's download overlap chunk c's compute; the

@@ -1,4 +1,5 @@
-"""The GPU half of a ``kind: "gpu"`` device description (DESIGN §6): what the GPU planner needs.
+"""The GPU half of a ``kind: "gpu"`` device description (docs/design.md §6): what the GPU
+planner needs.
 
 A GPU description is a CPU description of the host (its rates run the CPU head of a CPU–GPU
 pipeline; its ``memory_bytes`` is host RAM) plus a ``gpu`` object with the card's memory and
