@@ -144,22 +144,25 @@ def bandwidth(threads: int) -> float:
     return 2 * a.nbytes / median_seconds(lambda: np.copyto(b, a), 3)
 
 
-def fresh_bandwidth() -> float:
+def fresh_bandwidths() -> tuple[float, float]:
     """Bytes/s written to memory just allocated (page faults, zeroing by the OS), as every
-    layer's output and scratch tensors are: buffers too large for malloc to recycle.
+    layer's output and scratch tensors are (buffers too large for malloc to recycle): in a
+    run, and in calibration's probes.
 
-    Mean rate over two fills of a fresh 512 MiB buffer, the first on pages the process never
-    had, the second on pages it just gave back. On bare metal both cost the same. In a VM
-    whose host reclaims the guest's free pages (free page reporting, DAMON) the first is up to
-    10× slower (0.6 against 5 GB/s here), and a run's tensors land on a mix of both: n337's
-    3.7 GB first layer filled at 1.2 GB/s, where a median of hot refills (7 GB/s) had
-    predicted 0.6 s for a layer that took 3.3 s."""
-    size, seconds = 1 << 29, 0.0
-    for _ in range(2):
+    Two fills of a fresh 512 MiB buffer, the first on pages the process never had, the second
+    on pages it just gave back. On bare metal both cost the same. In a VM whose host reclaims
+    the guest's free pages within seconds (free page reporting, DAMON) the first is up to 15×
+    slower (0.5 against 8 GB/s here, with transparent huge pages): a run's big tensors, each
+    made seconds after the last was freed, land on such pages — n337's 3.7 GB first layer
+    filled at ~1 GB/s in every repeat — while a probe repeated within milliseconds refills
+    warm pages. The run's rate is the mean over both fills (it matched that layer); the
+    probes' is the second fill's, so that corrections fit the kernels, not the VM's pages."""
+    size, seconds = 1 << 29, []
+    for _ in range(3):  # the fastest refill: one can still land on pages the host took back
         start = time.perf_counter()
         np.empty(size, np.uint8).fill(1)
-        seconds += time.perf_counter() - start
-    return 2 * size / seconds
+        seconds.append(time.perf_counter() - start)
+    return 2 * size / (seconds[0] + seconds[1]), size / min(seconds[1:])
 
 
 Probe = tuple[Conv | Pool, tuple[int, int, int, int, int]]
@@ -199,7 +202,8 @@ Corrections = tuple[tuple[str, tuple[tuple[int, float], ...]], ...]
 def corrections(device: Device) -> Corrections:
     """Per primitive, measured ÷ modelled seconds on its probes (median of 3–15 runs after a
     warm-up; every probe's kernels compiled first, in parallel): per probe image size for
-    SIZED primitives, else their geometric mean."""
+    SIZED primitives, else their geometric mean. ``device`` carries the probes' fresh-memory
+    rate (:func:`fresh_bandwidths`)."""
     rng = np.random.default_rng(0)
     jobs = [(name, layer, shape, None if not isinstance(layer, Conv) else (
                 rng.standard_normal((layer.out_channels, layer.in_channels, *layer.kernel),
@@ -238,14 +242,14 @@ def calibrate(threads: int) -> Device:
     """Measure every rate of this machine for ``threads`` threads, then fit the model's
     per-primitive corrections on the real kernels."""
     start = time.perf_counter()
-    fresh = fresh_bandwidth()  # first: before other probes leave just-freed pages behind
+    fresh, warm = fresh_bandwidths()  # first: before other probes leave freed pages behind
     rates = Device(
         name=f"{cpu_model()} ({threads} threads)", threads=threads,
         memory_bytes=int(psutil.virtual_memory().total),
         peak_flops=peak_flops(threads), direct_flops=direct_flops(threads),
         mac_flops=mac_flops(threads), fft_flops=fft_flops(threads),
         bandwidth=bandwidth(threads), fresh_bandwidth=fresh)
-    device = replace(rates, corrections=corrections(rates))
+    device = replace(rates, corrections=corrections(replace(rates, fresh_bandwidth=warm)))
     log.info("calibrated %s in %.1f s: %s", device.name, time.perf_counter() - start,
              "; ".join(f"{name} " + " ".join(f"×{c:.2f}" for _, c in points)
                        for name, points in device.corrections))

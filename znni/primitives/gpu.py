@@ -17,11 +17,13 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..spec import Conv, Layer, Pool, Shape5
 from .base import FLOAT_BYTES, tensor_bytes
-from .direct import conv_output_shape
-from .gpu_fft import gpu_fft_flops, gpu_fft_scratch_bytes
-from .gpu_kernels import direct_block
+from .direct import conv_output_shape, pack_weights
+from .gpu_fft import gpu_fft_flops, gpu_fft_scratch_bytes, gpu_fft_source
+from .gpu_kernels import direct_block, gpu_direct_source, gpu_pool_source
 from .mpf import mpf_output_shape
 
 if TYPE_CHECKING:
@@ -64,13 +66,38 @@ def _undilated(layer: Layer) -> bool:
 
 @dataclass(frozen=True)
 class ResidentGpu:
-    """``gpu-direct``, ``gpu-fft``, ``gpu-mpf``: one kernel module on device-resident tensors."""
+    """``gpu-direct``, ``gpu-fft``, ``gpu-mpf``: one kernel module on device-resident tensors.
+
+    Everything the runtime needs of a GPU primitive is here (its source, whether it links
+    cuFFT, its weights as the kernel reads them, its memory and time), so runtime/gpu.py only
+    binds CUDA and schedules: a new GPU primitive is a template, its source function and this
+    class (plus its registry line below)."""
 
     name: str
     method: str  # direct, fft or mpf
 
     def supports(self, layer: Layer) -> bool:
         return _undilated(layer) and isinstance(layer, Pool) == (self.method == "mpf")
+
+    @property
+    def uses_cufft(self) -> bool:
+        return self.method == "fft"
+
+    def source(self, layer: Layer, shape_in: Shape5) -> str:
+        """CUDA source of the layer's module on ``shape_in`` (its batch a run-time argument)."""
+        if isinstance(layer, Pool):
+            return gpu_pool_source(layer, shape_in)
+        assert isinstance(layer, Conv)
+        return (gpu_fft_source(layer, shape_in) if self.method == "fft"
+                else gpu_direct_source(layer, shape_in))
+
+    def kernel_weights(self, layer: Layer, weights: tuple[np.ndarray, np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """The weights as the kernel reads them: packed blocks (direct) or the plain arrays."""
+        if self.method == "direct":
+            assert isinstance(layer, Conv)
+            return pack_weights(*weights, direct_block(layer))
+        return np.ascontiguousarray(weights[0]), np.ascontiguousarray(weights[1])
 
     def scratch_bytes(self, layer: Layer, shape_in: Shape5) -> int:
         """Device bytes it allocates itself while it runs: (FFT) its spectra and scratch."""
@@ -180,3 +207,8 @@ RESIDENT: dict[str, ResidentGpu] = {p.name: p for p in (
     ResidentGpu("gpu-mpf", "mpf"))}
 HOST_RAM: dict[str, HostRamGpu] = {f"gpu-host-{p.method}": HostRamGpu(f"gpu-host-{p.method}", p)
                                    for p in RESIDENT.values()}
+
+
+def gpu_primitive(name: str) -> ResidentGpu:
+    """The resident primitive that runs ``name`` (a ``gpu-host-*`` name runs its inner one)."""
+    return HOST_RAM[name].inner if name in HOST_RAM else RESIDENT[name]

@@ -45,17 +45,18 @@ from ..errors import ZnniError
 from ..planner.gpu_plan import GpuLayerPlan
 from ..planner.plan import Plan
 from ..primitives.base import Step, padded_empty, tensor_bytes
-from ..primitives.direct import pack_weights
-from ..primitives.gpu import Split, intermediate_buffers, output_shape, scaled_shape
-from ..primitives.gpu_fft import gpu_fft_source
+from ..primitives.gpu import (
+    Split,
+    gpu_primitive,
+    intermediate_buffers,
+    output_shape,
+    scaled_shape,
+)
 from ..primitives.gpu_kernels import (
-    direct_block,
     emulating,
-    gpu_direct_source,
-    gpu_pool_source,
     load_gpu_kernel,
 )
-from ..spec import Conv, Layer, Pool, Shape5
+from ..spec import Conv, Layer, Shape5
 
 GPU_ABI_HEADER = TEMPLATE_DIR / "znni_gpu_abi.h"
 Weights = tuple[np.ndarray, np.ndarray]
@@ -250,13 +251,9 @@ class Kernel:
 
 def _kernel(primitive: str, layer: Layer, shape: Shape5, label: str) -> Kernel:
     """The module of ``layer`` on ``shape`` (its batch is a run-time argument)."""
-    fft = primitive.endswith("fft")
-    if isinstance(layer, Pool):
-        source = gpu_pool_source(layer, shape)
-    else:
-        assert isinstance(layer, Conv)
-        source = gpu_fft_source(layer, shape) if fft else gpu_direct_source(layer, shape)
-    module = load_gpu_kernel(source, f"{label} ({primitive})", with_cufft=fft)
+    p = gpu_primitive(primitive)
+    module = load_gpu_kernel(p.source(layer, shape), f"{label} ({primitive})",
+                             with_cufft=p.uses_cufft)
     return Kernel(module, f"GPU kernel {module.path.name} ({label})")
 
 
@@ -265,15 +262,7 @@ def _host_weights(primitive: str, layer: Layer,
     """The weights as the kernel reads them: packed blocks (direct) or the plain arrays."""
     if weights is None:
         return None, None
-    return _kernel_weights(primitive, layer, weights)
-
-
-def _kernel_weights(primitive: str, layer: Layer, weights: Weights) -> Weights:
-    """:func:`_host_weights` of weights that are there."""
-    if primitive.endswith("direct"):
-        assert isinstance(layer, Conv)
-        return pack_weights(*weights, direct_block(layer))
-    return np.ascontiguousarray(weights[0]), np.ascontiguousarray(weights[1])
+    return gpu_primitive(primitive).kernel_weights(layer, weights)
 
 
 @dataclass(frozen=True)
@@ -414,8 +403,8 @@ class MapChunkStep:
                                         f"layer {index} maps {key[0]}->{key[1]}")
         if weights is not None:
             w, b = weights
-            self.weights[ins, out] = _kernel_weights(
-                primitive, sub, (w[out[0]:out[1], ins[0]:ins[1]], b[out[0]:out[1]]))
+            self.weights[ins, out] = gpu_primitive(primitive).kernel_weights(
+                sub, (w[out[0]:out[1], ins[0]:ins[1]], b[out[0]:out[1]]))
 
     def _sub_layer(self, ins: tuple[int, int], out: tuple[int, int]) -> Layer:
         if isinstance(self.layer, Conv):
