@@ -149,20 +149,29 @@ def fresh_bandwidths() -> tuple[float, float]:
     layer's output and scratch tensors are (buffers too large for malloc to recycle): in a
     run, and in calibration's probes.
 
-    Two fills of a fresh 512 MiB buffer, the first on pages the process never had, the second
-    on pages it just gave back. On bare metal both cost the same. In a VM whose host reclaims
-    the guest's free pages within seconds (free page reporting, DAMON) the first is up to 15×
-    slower (0.5 against 8 GB/s here, with transparent huge pages): a run's big tensors, each
-    made seconds after the last was freed, land on such pages — n337's 3.7 GB first layer
-    filled at ~1 GB/s in every repeat — while a probe repeated within milliseconds refills
-    warm pages. The run's rate is the mean over both fills (it matched that layer); the
-    probes' is the second fill's, so that corrections fit the kernels, not the VM's pages."""
-    size, seconds = 1 << 29, []
-    for _ in range(3):  # the fastest refill: one can still land on pages the host took back
+    On bare metal every fresh page costs the same. In a VM whose host reclaims the guest's
+    free pages within seconds (free page reporting, DAMON) a page the guest freed long ago is
+    up to 15× slower to touch than one just freed (0.5 against 8 GB/s here, with transparent
+    huge pages): a run's big tensors, each made seconds after the last was freed, land on
+    both kinds — n337's 3.7 GB first layer filled at ~1 GB/s in every repeat — while a probe
+    repeated within milliseconds refills warm pages. So: three 512 MiB buffers filled while
+    all are held (the later ones outrun any pool of just-freed pages: the slowest is the
+    cold rate), then, freed, refilled twice (the fastest is the warm rate). The run's rate is
+    their harmonic mean (it matched that layer); the probes' is the warm one, so that
+    corrections fit the kernels, not the VM's pages."""
+    size, held, cold = 1 << 29, [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        held.append(np.empty(size, np.uint8))
+        held[-1].fill(1)
+        cold.append(time.perf_counter() - start)
+    del held
+    warm = []
+    for _ in range(2):
         start = time.perf_counter()
         np.empty(size, np.uint8).fill(1)
-        seconds.append(time.perf_counter() - start)
-    return 2 * size / (seconds[0] + seconds[1]), size / min(seconds[1:])
+        warm.append(time.perf_counter() - start)
+    return 2 * size / (max(cold) + min(warm)), size / min(warm)
 
 
 Probe = tuple[Conv | Pool, tuple[int, int, int, int, int]]
@@ -250,7 +259,8 @@ def calibrate(threads: int) -> Device:
         mac_flops=mac_flops(threads), fft_flops=fft_flops(threads),
         bandwidth=bandwidth(threads), fresh_bandwidth=fresh)
     device = replace(rates, corrections=corrections(replace(rates, fresh_bandwidth=warm)))
-    log.info("calibrated %s in %.1f s: %s", device.name, time.perf_counter() - start,
+    log.info("calibrated %s in %.1f s: fresh memory %.2f GB/s (refilled %.2f); %s",
+             device.name, time.perf_counter() - start, fresh / 1e9, warm / 1e9,
              "; ".join(f"{name} " + " ".join(f"×{c:.2f}" for _, c in points)
                        for name, points in device.corrections))
     return device
