@@ -55,8 +55,9 @@ class MeasuredCosts(costing.CostModel):
     candidate's assignment is the best of what the sweep measured (the corrected model could
     otherwise prefer an untimed way and leave no candidate fully measured)."""
 
-    def _lookup(self, name: str, layer: Layer, shape: Shape5) -> tuple[float, str]:
-        seconds, source = super()._lookup(name, layer, shape)
+    def _lookup(self, name: str, layer: Layer, shape: Shape5,
+                refill: bool = False) -> tuple[float, str]:
+        seconds, source = super()._lookup(name, layer, shape, refill)
         return (seconds, source) if source == "measured" else (math.inf, source)
 
 

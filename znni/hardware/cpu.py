@@ -14,7 +14,7 @@ import math
 import os
 import platform
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,11 @@ class Device:
       touch of a page faults and the OS zeroes it: every layer's output and scratch is fresh,
       and on some VMs that is 3–10× slower than writing mapped memory). Optional in a
       hand-written description: a quarter of ``bandwidth``.
+    - ``refill_bandwidth``: the same for memory freed a moment ago (an in-place layer's pass
+      buffers, a calibration probe's repeats). On bare metal it equals ``fresh_bandwidth``;
+      on a VM whose host takes back free pages within seconds it is up to 10× faster, and the
+      big tensors of a run (freed seconds before the next is made) pay ``fresh_bandwidth``.
+      Optional: ``fresh_bandwidth``.
     - ``corrections``: per primitive, measured ÷ modelled seconds of the real kernels on the
       calibration's probe layers (what the model's rates do not capture: FFTW's speed on
       these sizes, conversions, Python between stages), as ``(image voxels, factor)`` points:
@@ -56,6 +61,7 @@ class Device:
     fft_flops: float
     bandwidth: float
     fresh_bandwidth: float = 0.0  # 0: not given (see fresh_rate)
+    refill_bandwidth: float = 0.0  # 0: not given (see refill_rate)
     corrections: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()
     kind: str = "cpu"
     gpu: GpuSpec | None = None
@@ -64,6 +70,15 @@ class Device:
     def fresh_rate(self) -> float:
         """``fresh_bandwidth``, or a quarter of ``bandwidth`` where a description lacks it."""
         return self.fresh_bandwidth or self.bandwidth / 4
+
+    @property
+    def refill_rate(self) -> float:
+        """``refill_bandwidth``, or :attr:`fresh_rate` where a description lacks it."""
+        return self.refill_bandwidth or self.fresh_rate
+
+    def refilling(self) -> Device:
+        """This device as a layer sees it whose fresh buffers were freed a moment ago."""
+        return replace(self, fresh_bandwidth=self.refill_rate)
 
     def correction(self, primitive: str, image_voxels: int) -> float:
         """The calibrated factor for ``primitive`` on images of ``image_voxels`` voxels."""
@@ -82,8 +97,9 @@ class Device:
         data = asdict(self)
         if self.gpu is None:
             del data["gpu"]
-        if not self.fresh_bandwidth:
-            del data["fresh_bandwidth"]
+        for optional in ("fresh_bandwidth", "refill_bandwidth"):
+            if not data[optional]:
+                del data[optional]
         data["corrections"] = {name: [list(p) for p in points]
                                for name, points in self.corrections}
         return {"version": DEVICE_VERSION, **data}
@@ -103,7 +119,7 @@ class Device:
             if f.name in ("gpu", "corrections"):
                 continue  # parsed below
             if f.name not in data:
-                if f.name in ("kind", "fresh_bandwidth"):
+                if f.name in ("kind", "fresh_bandwidth", "refill_bandwidth"):
                     continue
                 raise PlanError(f"{source}: missing {f.name!r}", "add it (see docs/design.md §7)")
             value = data[f.name]

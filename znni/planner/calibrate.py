@@ -257,8 +257,8 @@ def calibrate(threads: int) -> Device:
         memory_bytes=int(psutil.virtual_memory().total),
         peak_flops=peak_flops(threads), direct_flops=direct_flops(threads),
         mac_flops=mac_flops(threads), fft_flops=fft_flops(threads),
-        bandwidth=bandwidth(threads), fresh_bandwidth=fresh)
-    device = replace(rates, corrections=corrections(replace(rates, fresh_bandwidth=warm)))
+        bandwidth=bandwidth(threads), fresh_bandwidth=fresh, refill_bandwidth=warm)
+    device = replace(rates, corrections=corrections(rates.refilling()))
     log.info("calibrated %s in %.1f s: fresh memory %.2f GB/s (refilled %.2f); %s",
              device.name, time.perf_counter() - start, fresh / 1e9, warm / 1e9,
              "; ".join(f"{name} " + " ".join(f"×{c:.2f}" for _, c in points)

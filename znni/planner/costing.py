@@ -26,29 +26,33 @@ class CostModel:
         self.records = records
         self.effort = effort
         self.corrections = records.corrections(device.threads) if records else {}
-        self._known: dict[tuple[str, Layer, Shape5], tuple[float, str]] = {}
+        self._known: dict[tuple[str, Layer, Shape5, bool], tuple[float, str]] = {}
 
     def seconds(self, lp: LayerPlan, layer: Layer) -> tuple[float, str]:
         shape = timed_shape(lp, layer)
-        pass_seconds, source = self._pass_seconds(lp.primitive, layer, shape)
+        # an in-place layer's passes reuse buffers freed a moment before: refill rate
+        pass_seconds, source = self._pass_seconds(lp.primitive, layer, shape, lp.in_place > 0)
         if lp.in_place:
             return in_place.seconds(pass_seconds, layer, lp.input_shape, lp.in_place,
                                     self.device), source
         return pass_seconds, source
 
-    def _pass_seconds(self, name: str, layer: Layer, shape: Shape5) -> tuple[float, str]:
-        key = (name, layer, shape)
+    def _pass_seconds(self, name: str, layer: Layer, shape: Shape5,
+                      refill: bool) -> tuple[float, str]:
+        key = (name, layer, shape, refill)
         if key not in self._known:
-            self._known[key] = self._lookup(name, layer, shape)
+            self._known[key] = self._lookup(name, layer, shape, refill)
         return self._known[key]
 
-    def _lookup(self, name: str, layer: Layer, shape: Shape5) -> tuple[float, str]:
+    def _lookup(self, name: str, layer: Layer, shape: Shape5,
+                refill: bool = False) -> tuple[float, str]:
         if self.records is not None:
             record = self.records.get(record_key(layer, shape, name, self.device.threads),
                                       self.effort)
             if record is not None:
                 return record.seconds, "measured"
-        estimate = PRIMITIVES[name].estimate(layer, shape, self.device)
+        device = self.device.refilling() if refill else self.device
+        estimate = PRIMITIVES[name].estimate(layer, shape, device)
         # Records of real layers on this machine correct the raw model better than the
         # calibration's probe layers do (both are measured ÷ raw model: never multiply them).
         correction = self.corrections.get(name) or self.device.correction(
