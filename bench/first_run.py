@@ -1,4 +1,4 @@
-"""First run: what a new user sees from `znni demo` on this machine, and PyTorch on the same job.
+"""First run: what a new user sees from `znni demo` on this machine, and its peers on the same job.
 
     python bench/first_run.py [--net n337] [--size 64] [--threads N] [--repeats 3] [--json PATH]
 
@@ -7,12 +7,12 @@
    ZNNI_DEVICE to include the machine's calibration a new user pays) and measures its whole wall
    time — interpreter start, imports, calibration, planning, kernel compilation and the demo's two
    runs — and reads the demo's own voxels/s (the faster of its two runs) and setup time.
-2. Right after, in a fresh process, times PyTorch dense inference of the same net, weights
-   (``random_weights(0)``) and input (output N³: N + FOV − 1 per axis, ``em_like_volume(shape,
-   seed=0)``) in each form of ``znni.torch_dense.FORMS`` and "dilated" channels-last: one warm-up
-   run, then the median of ``--repeats``. Threads: ``--threads``, else all usable cores (as the
+2. Right after, in a fresh process, times each installed peer of ``znni.peers.PEERS`` (PyTorch's
+   dense forms and layouts, ONNX Runtime) on the same net, weights (``random_weights(0)``) and
+   input (output N³: N + FOV − 1 per axis, ``em_like_volume(shape, seed=0)``): one warm-up run,
+   then the median of ``--repeats``. Threads: ``--threads``, else all usable cores (as the
    demo's default).
-3. Prints the demo's wall time, znni's and each PyTorch form's voxels/s, and znni / best PyTorch;
+3. Prints the demo's wall time, znni's and each peer's voxels/s, and znni / the fastest peer;
    ``--json PATH`` writes the same numbers.
 """
 
@@ -37,9 +37,6 @@ import znni.config
 #: kernel compilation 95.2 s; ...)".
 DEMO_LINE = re.compile(r"output \[[^\]]*\] in [\d.]+ s: ([\d,]+) voxels/s "
                        r"\(setup incl\. kernel compilation ([\d.]+) s")
-#: PyTorch configurations: label → (form of ``TorchDense``, channels-last).
-TORCH_RUNS = {"dilated": ("dilated", False), "mpf": ("mpf", False),
-              "dilated channels_last": ("dilated", True)}
 
 
 @dataclass(frozen=True)
@@ -50,20 +47,20 @@ class FirstRun:
     demo_wall_s: float
     demo_setup_s: float
     znni_voxels_per_s: float
-    torch_voxels_per_s: dict[str, float]
+    peer_voxels_per_s: dict[str, float]
 
     @property
-    def torch_best(self) -> str:
-        return max(self.torch_voxels_per_s, key=self.torch_voxels_per_s.__getitem__)
+    def peer_best(self) -> str:
+        return max(self.peer_voxels_per_s, key=self.peer_voxels_per_s.__getitem__)
 
     @property
     def ratio(self) -> float:
-        return self.znni_voxels_per_s / self.torch_voxels_per_s[self.torch_best]
+        return self.znni_voxels_per_s / self.peer_voxels_per_s[self.peer_best]
 
     def to_dict(self) -> dict[str, object]:
-        best = self.torch_best
-        return {**asdict(self), "torch_best": best,
-                "torch_best_voxels_per_s": self.torch_voxels_per_s[best], "ratio": self.ratio}
+        best = self.peer_best
+        return {**asdict(self), "peer_best": best,
+                "peer_best_voxels_per_s": self.peer_voxels_per_s[best], "ratio": self.ratio}
 
 
 def run_demo(net: str, size: int, threads: int | None) -> tuple[float, float, float]:
@@ -83,45 +80,48 @@ def run_demo(net: str, size: int, threads: int | None) -> tuple[float, float, fl
     return wall, float(match.group(1).replace(",", "")), float(match.group(2))
 
 
-def torch_throughputs(net_name: str, size: int, threads: int, repeats: int) -> dict[str, float]:
-    """Voxels/s of each of :data:`TORCH_RUNS` on the demo's job (runs in a fresh process, so
-    nothing znni loaded or allocated is shared)."""
+def peer_throughputs(net_name: str, size: int, threads: int, repeats: int) -> dict[str, float]:
+    """Voxels/s of each installed peer on the demo's job (runs in a fresh process, so nothing
+    znni loaded or allocated is shared)."""
     import numpy as np
 
+    from znni.peers import select
     from znni.synthetic import em_like_volume
-    from znni.torch_dense import TorchDense
 
     net = znni.load(net_name).random_weights(0)
     shape = tuple(size + f - 1 for f in net.fov)
     volume = (em_like_volume(shape, seed=0) / np.float32(255))[None]  # as znni reads uint8
     result = {}
-    for label, (form, channels_last) in TORCH_RUNS.items():
-        model = TorchDense(net, form, threads, channels_last=channels_last)
-        model(volume)  # warm-up: oneDNN picks and caches its kernels on the first call
+    peers, missing = select("all")
+    if missing:
+        print(f"  not installed, left out: {', '.join(missing)}")
+    for peer in peers:
+        model = peer.make(net, threads)
+        model(volume)  # warm-up: oneDNN and ONNX Runtime pick their kernels on the first call
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             model(volume)
             times.append(time.perf_counter() - start)
-        result[label] = size ** 3 / statistics.median(times)
+        result[peer.label] = size ** 3 / statistics.median(times)
     return result
 
 
 def in_fresh_process(net: str, size: int, threads: int, repeats: int) -> dict[str, float]:
-    """:func:`torch_throughputs` in a newly started interpreter (spawn, not fork)."""
+    """:func:`peer_throughputs` in a newly started interpreter (spawn, not fork)."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(torch_throughputs, net, size, threads, repeats).result()
+        return pool.submit(peer_throughputs, net, size, threads, repeats).result()
 
 
 def report(run: FirstRun, repeats: int) -> str:
     rows = [("znni demo wall time, empty cache", f"{run.demo_wall_s:.1f} s"),
             ("  of which setup (plan + compile)", f"{run.demo_setup_s:.1f} s"),
             ("znni demo", f"{run.znni_voxels_per_s:,.0f} voxels/s")]
-    rows += [(f"PyTorch {label} (median of {repeats})", f"{v:,.0f} voxels/s")
-             for label, v in run.torch_voxels_per_s.items()]
-    rows += [(f"best PyTorch ({run.torch_best})",
-              f"{run.torch_voxels_per_s[run.torch_best]:,.0f} voxels/s"),
-             ("znni / best PyTorch", f"{run.ratio:.2f}x")]
+    rows += [(f"{label} (median of {repeats})", f"{v:,.0f} voxels/s")
+             for label, v in run.peer_voxels_per_s.items()]
+    rows += [(f"fastest peer ({run.peer_best})",
+              f"{run.peer_voxels_per_s[run.peer_best]:,.0f} voxels/s"),
+             ("znni / fastest peer", f"{run.ratio:.2f}x")]
     width = max(len(label) for label, _ in rows)
     head = f"{run.net}, output {run.size}³, {run.threads} threads"
     return "\n".join([head] + [f"  {label:<{width}}  {value:>18}" for label, value in rows])
@@ -132,8 +132,8 @@ def main() -> None:
     parser.add_argument("--net", default="n337")
     parser.add_argument("--size", type=int, default=64, help="dense output edge length")
     parser.add_argument("--threads", type=int, default=None,
-                        help="passed to the demo; PyTorch's threads (default: usable cores)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed PyTorch runs per form")
+                        help="passed to the demo; the peers' threads (default: usable cores)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per peer")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args()
     wall, znni_rate, setup = run_demo(args.net, args.size, args.threads)

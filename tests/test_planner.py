@@ -1,5 +1,5 @@
 """The planner: search within a budget, plans as exact JSON, device descriptions, tuning records,
-batched plans at run time, and the PyTorch dense forms the benchmarks compare against."""
+batched plans at run time."""
 
 from __future__ import annotations
 
@@ -251,20 +251,6 @@ def test_damaged_records_are_set_aside(records) -> None:
 def test_measuring_needs_this_machine() -> None:
     with pytest.raises(PlanError, match="times kernels on this machine"):
         plan(znni.load("tiny"), GIB, device=DEVICE, effort="measure")
-
-
-@pytest.mark.parametrize("name", ["tiny", "aniso2d3d"])
-@pytest.mark.parametrize("form", ["dilated", "mpf"])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_torch_dense_forms_equal_the_reference(name: str, form: str, channels_last: bool) -> None:
-    pytest.importorskip("torch")
-    from znni.torch_dense import TorchDense
-
-    net = znni.load(name).random_weights(5)
-    fov = net.fov
-    volume = random_volume((net.input_channels, fov[0] + 6, fov[1] + 3, fov[2] + 5), seed=6)
-    out = TorchDense(net, form, threads=1, channels_last=channels_last)(volume)
-    assert relative_error(out, forward(net, volume)) < 1e-4
 
 
 def test_calibration_measures_rates_and_fits_every_primitive() -> None:

@@ -1,10 +1,11 @@
-"""``znni bench``: znni's planned dense throughput against PyTorch's, same machine, same run.
+"""``znni bench``: znni's planned dense throughput against its peers', same machine, same run.
 
-Both run the same network and weights on the same synthetic EM-like volume. Runs alternate —
-znni, then each PyTorch configuration, repeated — so machine noise hits both alike; medians are
-reported. PyTorch runs each requested output patch size in both dense forms (max filter +
-dilated convs, and MPF); its peak memory is measured, and its fastest configuration within the
-budget is the baseline. Throughput is dense output voxels per second of one patch (batch).
+All run the same network and weights on the same synthetic EM-like volume. Runs alternate —
+znni, then each peer configuration, repeated — so machine noise hits all alike; medians are
+reported. Each peer (:data:`znni.peers.PEERS`: PyTorch's dense forms and layouts, ONNX Runtime)
+runs each requested output patch size; its peak memory is measured, and the fastest peer
+configuration within the budget is the baseline. Throughput is dense output voxels per second of
+one patch (batch).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from functools import partial
 import numpy as np
 import psutil
 
+from .peers import Peer
 from .planner.plan import Plan
 from .runtime.executor import CompiledPlan
 from .spec import Network, Vec3
 from .synthetic import em_like_volume
-from .torch_dense import FORMS, TorchDense
 
 log = logging.getLogger("znni")
 
@@ -111,45 +112,45 @@ def _znni_runner(net: Network, plan: Plan, threads: int, label: str) -> _Runner:
     return _Runner(label, plan.output_patch, plan.output_voxels, lambda: compiled.run(x))
 
 
-def _torch_runners(net: Network, sizes: list[int], threads: int) -> list[_Runner]:
+def _peer_runners(net: Network, peers: list[Peer], sizes: list[int],
+                  threads: int) -> list[_Runner]:
     runners = []
     fov = net.fov
     for size in sizes:
         shape = (size + fov[0] - 1, size + fov[1] - 1, size + fov[2] - 1)
         volume = (em_like_volume(shape, seed=0) / np.float32(255))[None]
-        for form in FORMS:
-            model = TorchDense(net, form, threads)
-            runners.append(_Runner(f"torch {form}", (size, size, size), size ** 3,
-                                   partial(model, volume)))
+        for peer in peers:
+            runners.append(_Runner(peer.label, (size, size, size), size ** 3,
+                                   partial(peer.make(net, threads), volume)))
     return runners
 
 
 @dataclass(frozen=True)
 class BenchResult:
     znni: list[Measurement]      # the planned configuration first, then other patch sizes
-    torch: list[Measurement]     # every size and form
+    peers: list[Measurement]     # every size and peer
     budget: int
 
     @property
-    def torch_best(self) -> Measurement | None:
-        """PyTorch's fastest configuration whose peak stayed within the budget."""
-        fitting = [m for m in self.torch if m.peak_bytes <= self.budget]
+    def peer_best(self) -> Measurement | None:
+        """The fastest peer configuration whose peak stayed within the budget."""
+        fitting = [m for m in self.peers if m.peak_bytes <= self.budget]
         return max(fitting, key=lambda m: m.voxels_per_second, default=None)
 
     @property
     def ratio(self) -> float | None:
-        best = self.torch_best
+        best = self.peer_best
         return None if best is None else self.znni[0].voxels_per_second / best.voxels_per_second
 
 
-def run_bench(net: Network, plans: list[Plan], threads: int, budget: int, torch_sizes: list[int],
-              repeats: int, warmup: int = 1) -> BenchResult:
-    """Time ``plans`` (the chosen one first) and PyTorch at ``torch_sizes``, alternating."""
+def run_bench(net: Network, plans: list[Plan], threads: int, budget: int, peers: list[Peer],
+              peer_sizes: list[int], repeats: int, warmup: int = 1) -> BenchResult:
+    """Time ``plans`` (the chosen one first) and ``peers`` at ``peer_sizes``, alternating."""
     znni_runners = [_znni_runner(net, p, threads, "znni" if i == 0 else "znni candidate")
                     for i, p in enumerate(plans)]
-    torch_runners = _torch_runners(net, torch_sizes, threads) if torch_sizes else []
-    everything = znni_runners + torch_runners
-    for runner in everything:  # warm-up: FFTW plans, oneDNN primitives, page faults
+    peer_runners = _peer_runners(net, peers, peer_sizes, threads)
+    everything = znni_runners + peer_runners
+    for runner in everything:  # warm-up: oneDNN/ONNX Runtime kernel choices, page faults
         for _ in range(warmup):
             runner.fn()
     for r in range(repeats):
@@ -158,7 +159,7 @@ def run_bench(net: Network, plans: list[Plan], threads: int, budget: int, torch_
             log.info("repeat %d: %s %s: %.2f s", r + 1, runner.label, runner.patch,
                      runner.times[-1])
     return BenchResult([runner.result() for runner in znni_runners],
-                       [runner.result() for runner in torch_runners], budget)
+                       [runner.result() for runner in peer_runners], budget)
 
 
 def plot(result: BenchResult, path: str, title: str) -> None:
@@ -173,7 +174,10 @@ def plot(result: BenchResult, path: str, title: str) -> None:
 
         raise ZnniError("--plot needs matplotlib", "pip install matplotlib") from None
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, ms, marker in (("znni", result.znni, "o"), ("PyTorch", result.torch, "s")):
+    series = {"znni": result.znni} | {m.label: [] for m in result.peers}
+    for m in result.peers:
+        series[m.label].append(m)
+    for (label, ms), marker in zip(series.items(), "osv^D<>", strict=False):
         pts = sorted((round(np.cbrt(np.prod(m.output_patch))), m.voxels_per_second) for m in ms)
         if pts:
             ax.plot(*zip(*pts, strict=True), marker=marker, label=label)

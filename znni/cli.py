@@ -281,30 +281,35 @@ def tune(spec: str, memory: str | None, threads: int | None, effort: str) -> Non
 @click.option("--memory", default=None, help="Memory budget, e.g. 4GiB (default: 80 % of the "
               "available RAM).")
 @click.option("--threads", type=int, default=None, help="Threads (default: usable cores).")
-@click.option("--vs", "versus", default="torch", show_default=True,
-              type=click.Choice(["torch", "none"]), help="Baseline to run alongside.")
+@click.option("--vs", "versus", default="all", show_default=True,
+              type=click.Choice(["all", "torch", "onnxruntime", "none"]),
+              help="Peers to run alongside (all: every installed one; the fastest within the "
+              "budget is the baseline).")
 @click.option("--sizes", default="32,48,64", show_default=True,
-              help="Output patch edges for PyTorch and for znni's best plan at each size.")
+              help="Output patch edges for the peers and for znni's best plan at each size.")
 @click.option("--repeats", default=3, show_default=True, help="Alternating repetitions.")
 @click.option("--effort", default="estimate", show_default=True,
               type=click.Choice(list(EFFORT_LEVELS)), help="Planner effort for znni's plans.")
 @click.option("--plot", "plot_path", default=None, help="Write throughput vs patch size (PNG).")
 def bench(spec: str, memory: str | None, threads: int | None, versus: str, sizes: str,
           repeats: int, effort: str, plot_path: str | None) -> None:
-    """Planned znni vs PyTorch dense inference of SPEC (random weights), same run."""
+    """Planned znni vs PyTorch and ONNX Runtime dense inference of SPEC (random weights), same
+    run."""
 
     def run() -> None:
         from .benchmark import plot, run_bench
+        from .peers import select
         from .planner.search import plan as search_plan
         from .spec import load
-        from .torch_dense import require_torch
 
         net = load(spec).random_weights(0)
         edges = [int(v) for v in sizes.split(",") if v.strip()] if sizes else []
         if any(e < 1 for e in edges) or repeats < 1:
             raise ZnniError("--sizes and --repeats must be positive", "e.g. --sizes 32,64")
-        if versus == "torch":
-            require_torch()
+        peers, missing = select(versus)
+        if missing:
+            click.echo(f"not installed, left out: {', '.join(missing)} "
+                       "(pip install 'znni[bench]')", err=True)
         n_threads = _threads(threads) or config.default_threads()
         chosen = search_plan(net, memory, n_threads, None, effort)
         budget = chosen.planning.budget_bytes if chosen.planning else 0
@@ -313,8 +318,7 @@ def bench(spec: str, memory: str | None, threads: int | None, versus: str, sizes
         others = [search_plan(net, memory, n_threads, None, "estimate", (e, e, e))
                   for e in edges]
         plans = [chosen] + [p for p in others if p.output_patch != chosen.output_patch]
-        result = run_bench(net, plans, n_threads, budget,
-                           edges if versus == "torch" else [], repeats)
+        result = run_bench(net, plans, n_threads, budget, peers, edges, repeats)
         click.echo(f"{net.name}, {n_threads} threads, budget {budget / 2**30:.2f} GiB, "
                    f"median of {repeats} alternating runs (dense output voxels/s):")
         for m, p in zip(result.znni, plans, strict=True):
@@ -322,15 +326,17 @@ def bench(spec: str, memory: str | None, threads: int | None, versus: str, sizes
             click.echo(f"  {m.label:<15} patch {'x'.join(map(str, m.output_patch)):<12} batch "
                        f"{p.batch}: {m.voxels_per_second:>10,.0f}  (predicted {predicted:,.0f}; "
                        f"peak +{m.peak_bytes / 2**30:.2f} GiB)")
-        for m in result.torch:
-            click.echo(f"  {m.label:<15} patch {'x'.join(map(str, m.output_patch)):<12}        : "
-                       f"{m.voxels_per_second:>10,.0f}  (peak +{m.peak_bytes / 2**30:.2f} GiB)")
-        if versus == "torch":
-            best = result.torch_best
+        width = max([15] + [len(m.label) for m in result.peers])
+        for m in result.peers:
+            click.echo(f"  {m.label:<{width}} patch {'x'.join(map(str, m.output_patch)):<12}"
+                       f"        : {m.voxels_per_second:>10,.0f}  "
+                       f"(peak +{m.peak_bytes / 2**30:.2f} GiB)")
+        if peers and edges:
+            best = result.peer_best
             if best is None:
-                click.echo("  no PyTorch configuration stayed within the budget")
+                click.echo("  no peer configuration stayed within the budget")
             else:
-                click.echo(f"  znni / PyTorch (best within budget: {best.label} "
+                click.echo(f"  znni / fastest peer (within budget: {best.label} "
                            f"{'x'.join(map(str, best.output_patch))}) = {result.ratio:.2f}x")
         if plot_path is not None:
             plot(result, plot_path, f"{net.name}, {n_threads} threads")
