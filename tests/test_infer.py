@@ -172,15 +172,16 @@ def test_fft_on_a_benchmark_topology_with_mixed_primitives() -> None:
     assert relative_error(out, forward(net, vol)) < TOL
 
 
-def test_winograd_on_n337s_topology_fresh_and_in_place() -> None:
+@pytest.mark.parametrize("winograd", ["winograd", "winograd-f4"])
+def test_winograd_on_n337s_topology_fresh_and_in_place(winograd: str) -> None:
     """Every 3³ layer of (a thin) n337 as Winograd, one of them in place, several pools."""
     net = _thin("n337", 4)
     fov = net.fov
     vol = random_volume((fov[0] + 9, fov[1] + 3, fov[2] + 8), seed=15)
-    choice = {i: "winograd" for i, layer in enumerate(net.layers)
+    choice = {i: winograd for i, layer in enumerate(net.layers)
               if layer.kind == "conv" and layer.kernel == (3, 3, 3)}
     plan = znni.make_plan(net, (8, 8, 16), 2, choice, {4: 1})
-    assert [lp.primitive for lp in plan.layers].count("winograd") == 6
+    assert [lp.primitive for lp in plan.layers].count(winograd) == 6
     out = znni.infer(net, vol, plan=plan)
     assert relative_error(out, forward(net, vol)) < TOL
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from znni.primitives.base import padded_empty
 from znni.primitives.mpf import recombine
 from znni.reference import _dilated_correlation, _dilated_max_filter
 from znni.spec import Conv, Pool
+from znni.winograd_tiles import F2, F4
 
 from .conftest import relative_error
 
@@ -73,22 +75,43 @@ def test_direct_conv_single_thread_equals_multi_thread(rng) -> None:
     (2, 8, 3, (4, 9, 12), "sigmoid"),
     (1, 1, 80, (20, 11, 9), "relu"),    # a first layer: one input map, many tasks
     (1, 80, 80, (8, 8, 8), "relu"),     # n337's late layers, 80 maps
+    (2, 5, 6, (13, 10, 11), "relu"),    # last F(4³) tiles shifted back inside the image
+    (1, 6, 7, (4, 5, 15), "linear"),    # axes shorter than an F(4³) patch
 ])
-def test_winograd_conv_matches_numpy(batch, fi, fo, shape, act, rng) -> None:
+@pytest.mark.parametrize("name,tolerance", [("winograd", 1e-5), ("winograd-f4", 1e-4)])
+def test_winograd_conv_matches_numpy(batch, fi, fo, shape, act, name, tolerance, rng) -> None:
     layer = Conv(fi, fo, (3, 3, 3), act)
     x, w, b = random_layer_data(rng, batch, fi, fo, (3, 3, 3), shape)
-    step = PRIMITIVES["winograd"].prepare(0, layer, x.shape, (w, b), 2)
-    buf = padded_empty(x.shape, step.input_slack)
-    buf[...] = x
-    buf.base[x.size:] = np.nan  # what lies past the input never reaches a kept output
-    assert relative_error(step.run(buf, 0), conv_reference(x, w, b, act)) < 1e-5
+    step = PRIMITIVES[name].prepare(0, layer, x.shape, (w, b), 2)
+    assert step.input_slack == 0  # every read stays inside the image
+    out = step.run(x, 0)
+    assert relative_error(out, conv_reference(x, w, b, act)) < tolerance
+    one_thread = PRIMITIVES[name].prepare(0, layer, x.shape, (w, b), 1)
+    np.testing.assert_array_equal(one_thread.run(x, 0), out)  # each output written once
 
 
-def test_winograd_runs_only_undilated_3x3x3() -> None:
-    wino = PRIMITIVES["winograd"]
+@pytest.mark.parametrize("name", ["winograd", "winograd-f4"])
+def test_winograd_runs_only_undilated_3x3x3(name: str) -> None:
+    wino = PRIMITIVES[name]
     assert wino.supports(Conv(4, 4, (3, 3, 3), "relu"))
     assert not wino.supports(Conv(4, 4, (3, 3, 1), "relu"))
     assert not wino.supports(Conv(4, 4, (3, 3, 3), "relu", dilation=(2, 2, 2)))
+
+
+@pytest.mark.parametrize("tile", [F2, F4])
+def test_winograd_matrices_compute_correlation_exactly(tile) -> None:
+    """y = Aᵀ[(G g) ⊙ (Bᵀ d)] equals Σ_k g_k d_{i+k} for every basis g, d, in exact
+    arithmetic (the generated transforms are these matrices' rows, term by term)."""
+    alpha = tile.m + 2
+    for k in range(3):
+        for j in range(alpha):
+            gk = [Fraction(int(i == k)) for i in range(3)]
+            dj = [Fraction(int(i == j)) for i in range(alpha)]
+            u = [sum((row[i] * gk[i] for i in range(3)), Fraction(0)) for row in tile.g]
+            v = [sum((row[i] * dj[i] for i in range(alpha)), Fraction(0)) for row in tile.bt]
+            y = [sum((row[p] * u[p] * v[p] for p in range(alpha)), Fraction(0))
+                 for row in tile.at]
+            assert y == [Fraction(int(j == i + k)) for i in range(tile.m)]
 
 
 def mpf_numpy(x: np.ndarray, window: tuple[int, int, int]) -> np.ndarray:

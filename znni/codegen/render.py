@@ -14,13 +14,14 @@ from pathlib import Path
 
 import jinja2
 
+from .. import winograd_tiles
 from ..activations import ACTIVATIONS
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 ABI_HEADER = TEMPLATE_DIR / "znni_abi.h"
 
-#: The only strings allowed into generated code.
-ENUM_VALUES = frozenset(ACTIVATIONS)
+#: The only strings allowed into generated code: activation and Winograd tile names.
+ENUM_VALUES = frozenset(ACTIVATIONS) | frozenset(winograd_tiles.TILES)
 _MAX_INT = 1 << 40
 
 ContextValue = int | str
@@ -39,6 +40,9 @@ def _environment() -> jinja2.Environment:
     # an activation name (a validated enum) → its fixed C++ or CUDA expression in a float v
     env.filters["cpp_activation"] = lambda name: ACTIVATIONS[name].cpp
     env.filters["cuda_activation"] = lambda name: ACTIVATIONS[name].cuda
+    # a Winograd tile name (a validated enum) → its fixed 1-D transforms, row by row
+    env.filters["winograd_input_rows"] = winograd_tiles.input_rows
+    env.filters["winograd_output_rows"] = winograd_tiles.output_rows
     return env
 
 

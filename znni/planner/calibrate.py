@@ -184,6 +184,8 @@ Probe = tuple[Conv | Pool, tuple[int, int, int, int, int]]
 _FFT_LAYER = Conv(64, 64, (5, 5, 5), "relu")
 _SMALL, _MID, _LARGE = (32, 64, 18, 18, 18), (2, 64, 44, 44, 44), (1, 64, 68, 68, 68)
 _MANY = (8, 64, 28, 28, 28)  # the data-parallel schedules' cost grows with samples: not 1–2
+_WINOGRAD_PROBES = ((Conv(64, 64, (3, 3, 3), "relu"), (16, 64, 18, 18, 18)),
+                    (Conv(64, 64, (3, 3, 3), "relu"), (1, 64, 48, 48, 48)))
 PROBES: dict[str, tuple[Probe, ...]] = {
     "direct": ((Conv(1, 24, (3, 3, 3), "relu"), (1, 1, 96, 96, 96)),
                (Conv(32, 32, (3, 3, 3), "relu"), (8, 32, 22, 22, 22))),
@@ -194,8 +196,8 @@ PROBES: dict[str, tuple[Probe, ...]] = {
     "fft-pruned-data": ((_FFT_LAYER, _MANY), (_FFT_LAYER, _LARGE)),
     # 64 maps: the transformed patches of a task (64 positions × maps) fill L2 as in real
     # layers (with 32 maps they fit and the kernel ran ~20 % faster than at 80)
-    "winograd": ((Conv(64, 64, (3, 3, 3), "relu"), (16, 64, 18, 18, 18)),
-                 (Conv(64, 64, (3, 3, 3), "relu"), (1, 64, 48, 48, 48))),
+    "winograd": _WINOGRAD_PROBES,
+    "winograd-f4": _WINOGRAD_PROBES,
     "mpf": ((Pool(16, (2, 2, 2)), (4, 16, 63, 63, 63)),),
     "maxfilter": ((Pool(16, (2, 2, 2), max_filter=True), (4, 16, 63, 63, 63)),),
 }

@@ -46,13 +46,18 @@ class CostModel:
 
     def _lookup(self, name: str, layer: Layer, shape: Shape5,
                 refill: bool = False) -> tuple[float, str]:
+        device = self.device.refilling() if refill else self.device
+        primitive = PRIMITIVES[name]
         if self.records is not None:
             record = self.records.get(record_key(layer, shape, name, self.device.threads),
                                       self.effort)
             if record is not None:
-                return record.seconds, "measured"
-        device = self.device.refilling() if refill else self.device
-        estimate = PRIMITIVES[name].estimate(layer, shape, device)
+                # Timed in repeats, whose tensors refill pages freed a moment before: a run's
+                # fresh tensors pay the cold rate on top (the model's difference, §7.5).
+                cold = (0.0 if refill else primitive.estimate(layer, shape, device)
+                        - primitive.estimate(layer, shape, device.refilling()))
+                return record.seconds + cold, "measured"
+        estimate = primitive.estimate(layer, shape, device)
         # Records of real layers on this machine correct the raw model better than the
         # calibration's probe layers do (both are measured ÷ raw model: never multiply them).
         correction = self.corrections.get(name) or self.device.correction(

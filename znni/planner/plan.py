@@ -35,6 +35,7 @@ AUTO_FFT_MIN_TAPS = 100
 AUTO_FFT_MIN_VOXELS = 16 ** 3
 AUTO_FFT_MIN_MAPS = 16
 AUTO_WINOGRAD_MIN_MAPS = 16
+AUTO_WINOGRAD_F4_MIN_EDGE = 10
 
 PrimitiveChoice = str | Mapping[int, str] | None
 #: The pool primitive that keeps the image dense (the later layers run dilated).
@@ -43,13 +44,15 @@ MAX_FILTER = "maxfilter"
 
 def auto_primitive(layer: Layer, shape_in: Shape5) -> str:
     """MPF (or the max filter its mode asks for) for pools; pruned task-parallel FFT, Winograd
-    (undilated 3³ kernels with at least AUTO_WINOGRAD_MIN_MAPS maps in and out: 1.7–1.8×
-    direct on n337's layers) or direct for convs (see the rule above)."""
+    (undilated 3³ kernels with at least AUTO_WINOGRAD_MIN_MAPS maps in and out: F(2³) 1.7–1.8×
+    direct on n337's layers; F(4³) where every image edge is at least
+    AUTO_WINOGRAD_F4_MIN_EDGE) or direct for convs (see the rule above)."""
     if isinstance(layer, Pool):
         return "maxfilter" if layer.max_filter else "mpf"
     if (PRIMITIVES["winograd"].supports(layer)
             and min(layer.in_channels, layer.out_channels) >= AUTO_WINOGRAD_MIN_MAPS):
-        return "winograd"
+        # F(4³) needs whole 4³ tiles to pay: at least two per axis
+        return "winograd-f4" if min(shape_in[2:]) >= AUTO_WINOGRAD_F4_MIN_EDGE else "winograd"
     if (math.prod(layer.kernel) >= AUTO_FFT_MIN_TAPS
             and min(layer.in_channels, layer.out_channels) >= AUTO_FFT_MIN_MAPS
             and math.prod(shape_in[2:]) >= AUTO_FFT_MIN_VOXELS):

@@ -330,18 +330,20 @@ def measure_layers(net: Network, plan: Plan, costs: CostModel, records: TuningRe
                     and _way(lp) != _way(picked)):
                 continue
             shape = timed_shape(lp, shapes.layer)
-            pass_seconds = PRIMITIVES[lp.primitive].estimate(shapes.layer, shape, costs.device)
+            primitive = PRIMITIVES[lp.primitive]
+            pass_seconds = primitive.estimate(shapes.layer, shape, costs.device)
             total = (in_place.seconds(pass_seconds, shapes.layer, lp.input_shape, lp.in_place,
                                       costs.device) if lp.in_place else pass_seconds)
-            modelled[(lp.primitive, shape)] = (total, pass_seconds,
-                                               _way(lp) == _way(picked))
+            # the record's model: as timed, on refilled pages (its ratio corrects the model)
+            as_timed = primitive.estimate(shapes.layer, shape, costs.device.refilling())
+            modelled[(lp.primitive, shape)] = (total, as_timed, _way(lp) == _way(picked))
         best = min(total for total, _, _ in modelled.values())
-        for (name, shape), (total, pass_seconds, is_picked) in modelled.items():
+        for (name, shape), (total, as_timed, is_picked) in modelled.items():
             if not is_picked and effort != "exhaustive" and total > within * best:
                 continue
             key = record_key(shapes.layer, shape, name, threads)
             if records.get(key, effort) is None:
-                todo.setdefault(key, (shapes.layer, shape, name, pass_seconds))
+                todo.setdefault(key, (shapes.layer, shape, name, as_timed))
     for n, (key, (layer, shape_in, name, estimate)) in enumerate(todo.items(), 1):
         log.info("tuning %d/%d: %s on %s", n, len(todo), name, shape_in)
         times = measure(layer, shape_in, name, threads, effort)
