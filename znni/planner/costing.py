@@ -53,7 +53,7 @@ class CostModel:
                                       self.effort)
             if record is not None:
                 # Timed in repeats, whose tensors refill pages freed a moment before: a run's
-                # fresh tensors pay the cold rate on top (the model's difference, §7.5).
+                # fresh tensors pay the cold rate on top (the model's difference, §7.6).
                 cold = (0.0 if refill else primitive.estimate(layer, shape, device)
                         - primitive.estimate(layer, shape, device.refilling()))
                 return record.seconds + cold, "measured"
