@@ -174,9 +174,9 @@ def plot(result: BenchResult, path: str, title: str) -> None:
 
         raise ZnniError("--plot needs matplotlib", "pip install matplotlib") from None
     fig, ax = plt.subplots(figsize=(6, 4))
-    series = {"znni": result.znni} | {m.label: [] for m in result.peers}
+    series: dict[str, list[Measurement]] = {"znni": result.znni}
     for m in result.peers:
-        series[m.label].append(m)
+        series.setdefault(m.label, []).append(m)
     for (label, ms), marker in zip(series.items(), "osv^D<>", strict=False):
         pts = sorted((round(np.cbrt(np.prod(m.output_patch))), m.voxels_per_second) for m in ms)
         if pts:

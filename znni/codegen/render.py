@@ -40,7 +40,8 @@ def _environment() -> jinja2.Environment:
     # an activation name (a validated enum) → its fixed C++ or CUDA expression in a float v
     env.filters["cpp_activation"] = lambda name: ACTIVATIONS[name].cpp
     env.filters["cuda_activation"] = lambda name: ACTIVATIONS[name].cuda
-    # a Winograd tile name (a validated enum) → its fixed 1-D transforms, row by row
+    # a Winograd tile name (a validated enum) → its output edge m and fixed 1-D transforms
+    env.filters["winograd_m"] = lambda name: winograd_tiles.TILES[name].m
     env.filters["winograd_input_rows"] = winograd_tiles.input_rows
     env.filters["winograd_output_rows"] = winograd_tiles.output_rows
     return env

@@ -194,8 +194,8 @@ PROBES: dict[str, tuple[Probe, ...]] = {
     # the large early ones that tight budgets leave little room for (lean: shared, below)
     "fft-pruned": ((_FFT_LAYER, _SMALL), (_FFT_LAYER, _MID), (_FFT_LAYER, _LARGE)),
     "fft-pruned-data": ((_FFT_LAYER, _MANY), (_FFT_LAYER, _LARGE)),
-    # 64 maps: the transformed patches of a task (64 positions × maps) fill L2 as in real
-    # layers (with 32 maps they fit and the kernel ran ~20 % faster than at 80)
+    # 64 maps: the transformed patches of a task ((m+2)³ positions × maps) fill L2 as in
+    # real layers (with 32 maps they fit and F(2³) ran ~20 % faster than at 80)
     "winograd": _WINOGRAD_PROBES,
     "winograd-f4": _WINOGRAD_PROBES,
     "mpf": ((Pool(16, (2, 2, 2)), (4, 16, 63, 63, 63)),),

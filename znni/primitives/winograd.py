@@ -79,7 +79,7 @@ def winograd_source(layer: Conv, shape_in: Shape5, tile: WinogradTile,
                     vector_width: int) -> str:
     block = choose_block(layer, vector_width)
     return render("winograd_conv.cpp.j2", {
-        **conv_context(layer, shape_in), "m": tile.m, "tile": tile.name,
+        **conv_context(layer, shape_in), "tile": tile.name,
         "vector_width": vector_width, "xv": block.xv, "ob": block.ob})
 
 
