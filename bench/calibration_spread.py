@@ -41,9 +41,10 @@ def main() -> None:
         print("  corrections: " + "; ".join(
             f"{name} " + " ".join(f"×{c:.2f}" for _, c in corrections[name]) for name in SHOWN))
         for shape in SHAPES:
-            seconds = {name: PRIMITIVES[name].estimate(LAYER, shape, device)
+            seconds = {f"{name}{pages}": PRIMITIVES[name].estimate(LAYER, shape, on)
                        * device.correction(name, math.prod(shape[2:]))
-                       for name in ("direct", "fft-pruned")}
+                       for name in ("direct", "fft-pruned")
+                       for pages, on in (("", device), (" refilled", device.refilling()))}
             print(f"  {shape}: " + ", ".join(f"{n} {s:.2f} s" for n, s in seconds.items()))
 
 

@@ -14,13 +14,14 @@ tracemalloc's peak of numpy/pyfftw buffers during one run, plus the input held b
 from __future__ import annotations
 
 import argparse
+import statistics
 import tracemalloc
 
 import numpy as np
 
 import znni
 import znni.config
-from znni.planner.calibrate import median_seconds
+from znni.planner.calibrate import sample_seconds
 from znni.primitives import PRIMITIVES
 from znni.primitives.base import padded_empty, tensor_bytes
 from znni.spec import Conv
@@ -41,8 +42,8 @@ def compare(layer: Conv, shape: tuple, fft_name: str, threads: int, repeats: int
     fft_primitive = PRIMITIVES[fft_name]
     fft = fft_primitive.prepare(0, layer, shape, (w, b), threads)
     x = rng.random(shape, dtype=np.float32)
-    t_direct = median_seconds(lambda: direct.run(xd, 0), repeats) * s / sub[0]
-    t_fft = median_seconds(lambda: fft.run(x, 0), repeats)
+    t_direct = statistics.median(sample_seconds(lambda: direct.run(xd, 0), repeats)) * s / sub[0]
+    t_fft = statistics.median(sample_seconds(lambda: fft.run(x, 0), repeats))
     tracemalloc.start()
     fft.run(x, 0)
     peak = tracemalloc.get_traced_memory()[1] + tensor_bytes(shape)

@@ -2,8 +2,9 @@
 
 Each probe runs znni's own kernels (same toolchain, same flags) on a shape chosen to isolate one
 rate: an FMA loop (peak), a cache-friendly direct conv, an in-cache spectral MAC, batched FFTW
-transforms, and a copy larger than the last-level cache. Medians of a few runs; ~3 s in all once
-the probe kernels are compiled (they are cached like every kernel).
+transforms, and a copy larger than the last-level cache. The fastest of a few runs each (see
+:func:`fastest_seconds`); ~20 s in all once the probe kernels are compiled (they are cached
+like every kernel).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -29,6 +30,9 @@ from ..primitives.fft import FftGeometry, mac_source
 from ..spec import Conv, Pool
 
 log = logging.getLogger("znni")
+
+#: Passes through all probes (:func:`fastest_in_rounds`).
+ROUNDS = 3
 
 _PEAK_SOURCE = """
 #include "znni_abi.h"
@@ -56,11 +60,10 @@ extern "C" int znni_layer_forward(const float *, float *output, const float *, c
 """
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
-                   budget: float = 0.0, most: int = 15) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` untimed ones, and more
-    runs (up to ``most``) while the timed ones took less than ``budget`` seconds: on a shared
-    VM single runs of one kernel vary by ±30 %, so cheap probes buy a steadier median."""
+def sample_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
+                   budget: float = 0.0, most: int = 15) -> list[float]:
+    """Wall times of ``fn`` over ``repeats`` runs after ``warmup`` untimed ones, and more runs
+    (up to ``most``) while the timed ones took less than ``budget`` seconds."""
     for _ in range(warmup):
         fn()
     times: list[float] = []
@@ -68,44 +71,82 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
-def peak_flops(threads: int, repeats: int = 5, kilo_iterations: int = 20000) -> float:
-    """FLOP/s of ``threads`` threads each issuing 24 independent FMA chains."""
+def fastest_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
+                    budget: float = 0.0, most: int = 15) -> float:
+    """The fastest of :func:`sample_seconds`: what the kernel costs, not the machine's noise
+    (see :func:`fastest_in_rounds`)."""
+    return min(sample_seconds(fn, repeats, warmup, budget, most))
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One thing calibration times: each call of ``run`` does ``work`` (FLOPs, bytes, or 1)."""
+
+    run: Callable[[], object]
+    work: float = 1.0
+    warmup: int = 1
+
+
+def fastest_in_rounds(timed: Sequence[Timed], rounds: int = ROUNDS,
+                      span: float = 0.15) -> list[float]:
+    """Fastest seconds of each of ``timed`` over ``rounds`` passes through all of them, each
+    pass running each once untimed (its buffers, freed seconds ago, may have gone cold)
+    and then timing it at least once and for ``span`` seconds (at most 15 runs).
+
+    A shared VM loses a core for 0.1–0.2 s at a time (the host's neighbours; the guest
+    reporting freed pages ~2 s after a large free) and sometimes runs 20–25 % slow for
+    seconds; some fresh pages map slowly. All of it only ever adds time. Medians of 3–5
+    back-to-back runs per probe still caught it: calibrations in one process gave fft_flops
+    9–18 GFLOP/s and FFT corrections ±25 %. The fastest run is what the kernel costs (and
+    the model's probes assume refilled pages, the fast case); passes spread each probe's
+    runs over the whole calibration, so a slow spell spoils one pass, not one probe
+    (docs/design.md §7.5)."""
+    best = [math.inf] * len(timed)
+    for round_ in range(rounds):
+        for i, t in enumerate(timed):
+            runs = sample_seconds(t.run, 1, t.warmup if round_ == 0 else 1, span)
+            best[i] = min(best[i], *runs)
+    return best
+
+
+def peak_probe(threads: int, kilo_iterations: int = 20000) -> Timed:
+    """``threads`` threads each issuing 24 independent FMA chains."""
     toolchain = default_toolchain()
     vw = toolchain.vector_width
     module = load_kernel(f"#define VW {vw}\n{_PEAK_SOURCE}", "peak FLOP/s probe", toolchain)
     ffi = module.ffi
     out = ffi.new("float[1]")
-    flops = 2 * 24 * vw * kilo_iterations * 1000 * threads
-    seconds = median_seconds(lambda: module.lib.znni_layer_forward(
-        ffi.NULL, out, ffi.NULL, ffi.NULL, kilo_iterations, threads), repeats)
-    return flops / seconds
+    return Timed(lambda: module.lib.znni_layer_forward(ffi.NULL, out, ffi.NULL, ffi.NULL,
+                                                       kilo_iterations, threads),
+                 2 * 24 * vw * kilo_iterations * 1000 * threads)
 
 
-def _conv_rate(primitive: str, layer: Conv, shape: tuple[int, int, int, int, int],
-               threads: int, work: Callable[[object], float]) -> float:
+def peak_flops(threads: int, repeats: int = 5) -> float:
+    """FLOP/s of the FMA loop: the ceiling kernels are reported against."""
+    probe = peak_probe(threads)
+    return probe.work / fastest_seconds(probe.run, repeats)
+
+
+def direct_probe(threads: int) -> Timed:
+    """The direct kernel on 32→32 maps, 3³, 34³; its work is every computed lane's FLOPs
+    (useful FLOPs ÷ useful-lane fraction)."""
+    layer = Conv(32, 32, (3, 3, 3), "relu")
+    shape = (1, 32, 34, 34, 34)
     rng = np.random.default_rng(0)
     w = rng.standard_normal((layer.out_channels, layer.in_channels, *layer.kernel),
                             dtype=np.float32)
-    step = PRIMITIVES[primitive].prepare(0, layer, shape, (w, np.zeros(layer.out_channels,
-                                                                       np.float32)), threads)
+    step = PRIMITIVES["direct"].prepare(0, layer, shape, (w, np.zeros(layer.out_channels,
+                                                                      np.float32)), threads)
     x = rng.random(shape, dtype=np.float32)
-    return work(step) / median_seconds(lambda: step.run(x, 0), 7, warmup=2)
-
-
-def direct_flops(threads: int) -> float:
-    """Computed-lane FLOP/s of the direct kernel (useful FLOPs ÷ useful-lane fraction)."""
-    layer = Conv(32, 32, (3, 3, 3), "relu")
-    shape = (1, 32, 34, 34, 34)
     flops = 2 * 32 * 32 * 27 * 32 ** 3
-    return _conv_rate("direct", layer, shape, threads,
-                      lambda _: flops / useful_fraction(layer, shape))
+    return Timed(partial(step.run, x, 0), flops / useful_fraction(layer, shape), warmup=2)
 
 
-def mac_flops(threads: int) -> float:
-    """Spectral MAC FLOP/s with its spectra in cache (8 FLOPs per complex multiply-add)."""
+def mac_probe(threads: int) -> Timed:
+    """The spectral MAC with its spectra in cache (8 FLOPs per complex multiply-add)."""
     layer = Conv(64, 64, (3, 3, 3), "relu")
     shape = (8, 64, 8, 8, 8)
     g = FftGeometry.of(layer, shape, True, False, default_toolchain().vector_width)
@@ -114,34 +155,32 @@ def mac_flops(threads: int) -> float:
     k = g.planar(g.out_chunk * g.in_block)
     for a in (x, out, k):
         a.fill(0.5)
-    flops = 8 * 8 * g.out_chunk * g.in_block * g.nfp
     calls = 100
 
     def run_calls() -> None:
         for _ in range(calls):
             module.forward(x, out, threads, k, batch=8)
 
-    seconds = median_seconds(run_calls, 5)
-    return calls * flops / seconds
+    return Timed(run_calls, calls * 8 * 8 * g.out_chunk * g.in_block * g.nfp)
 
 
-def fft_flops(threads: int) -> float:
-    """FFTW r2c rate on a batch larger than the last-level cache, as in a layer
-    (2.5·N·log2 N FLOPs per transform)."""
+def fft_probe(threads: int) -> Timed:
+    """FFTW r2c on a batch larger than the last-level cache, as in a layer (2.5·N·log2 N
+    FLOPs per transform)."""
     shape = SpectralShape((64, 64, 64))
     batch = 64
     x = np.random.default_rng(0).random((batch, 64, 64, 64), dtype=np.float32)
     out = shape.buffer(batch)
     n = 64 ** 3
-    seconds = median_seconds(lambda: forward_unpruned(x, shape, threads, out=out), 3)
-    return batch * 2.5 * n * math.log2(n) / seconds
+    return Timed(partial(forward_unpruned, x, shape, threads, out=out),
+                 batch * 2.5 * n * math.log2(n))
 
 
-def bandwidth(threads: int) -> float:
-    """Read + write bytes/s of a copy twice the size of a large last-level cache."""
+def bandwidth_probe() -> Timed:
+    """Read + write bytes of a copy twice the size of a large last-level cache."""
     a = np.ones(1 << 26, np.float32)  # 256 MiB
     b = np.empty_like(a)
-    return 2 * a.nbytes / median_seconds(lambda: np.copyto(b, a), 3)
+    return Timed(partial(np.copyto, b, a), 2 * a.nbytes)
 
 
 def fresh_bandwidths() -> tuple[float, float]:
@@ -182,7 +221,7 @@ Probe = tuple[Conv | Pool, tuple[int, int, int, int, int]]
 #: correction follows the image size — small transforms pay per-transform overheads the
 #: FLOP model misses. Direct, Winograd and pools: one factor each.
 _FFT_LAYER = Conv(64, 64, (5, 5, 5), "relu")
-_SMALL, _MID, _LARGE = (32, 64, 18, 18, 18), (2, 64, 44, 44, 44), (1, 64, 68, 68, 68)
+_SMALL, _MID, _LARGE = (32, 64, 18, 18, 18), (2, 64, 44, 44, 44), (1, 64, 60, 60, 60)
 _MANY = (8, 64, 28, 28, 28)  # the data-parallel schedules' cost grows with samples: not 1–2
 _WINOGRAD_PROBES = ((Conv(64, 64, (3, 3, 3), "relu"), (16, 64, 18, 18, 18)),
                     (Conv(64, 64, (3, 3, 3), "relu"), (1, 64, 48, 48, 48)))
@@ -210,11 +249,12 @@ SHARED_CORRECTIONS = {"fft": "fft-pruned", "fft-data": "fft-pruned-data",
 Corrections = tuple[tuple[str, tuple[tuple[int, float], ...]], ...]
 
 
-def corrections(device: Device) -> Corrections:
-    """Per primitive, measured ÷ modelled seconds on its probes (median of 3–15 runs after a
-    warm-up; every probe's kernels compiled first, in parallel): per probe image size for
-    SIZED primitives, else their geometric mean. ``device`` carries the probes' fresh-memory
-    rate (:func:`fresh_bandwidths`)."""
+ProbeRun = tuple[str, Conv | Pool, tuple[int, int, int, int, int], Timed]
+
+
+def probe_runs(threads: int) -> list[ProbeRun]:
+    """Every primitive's probe layers (:data:`PROBES`), prepared for ``threads`` threads with
+    their inputs: all kernels compile first, in parallel."""
     rng = np.random.default_rng(0)
     jobs = [(name, layer, shape, None if not isinstance(layer, Conv) else (
                 rng.standard_normal((layer.out_channels, layer.in_channels, *layer.kernel),
@@ -225,18 +265,23 @@ def corrections(device: Device) -> Corrections:
     def prepare(job: tuple[str, Conv | Pool, tuple[int, int, int, int, int],
                            tuple[np.ndarray, np.ndarray] | None]) -> Step:
         name, layer, shape, weights = job
-        return PRIMITIVES[name].prepare(0, layer, shape, weights, device.threads)
+        return PRIMITIVES[name].prepare(0, layer, shape, weights, threads)
 
-    with ThreadPoolExecutor(max_workers=max(1, device.threads)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         steps = list(pool.map(prepare, jobs))  # g++ runs outside the GIL
+    return [(name, layer, shape, Timed(partial(step.run, rng.random(shape, dtype=np.float32), 0)))
+            for (name, layer, shape, _), step in zip(jobs, steps, strict=True)]
+
+
+def corrections(device: Device, probes: Sequence[ProbeRun],
+                seconds: Sequence[float]) -> Corrections:
+    """Per primitive, measured ÷ modelled seconds on its probes: per probe image size for
+    SIZED primitives, else their geometric mean. ``device`` carries the probes' fresh-memory
+    rate (:func:`fresh_bandwidths`)."""
     points: dict[str, list[tuple[int, float]]] = {}
-    for (name, layer, shape, _), step in zip(jobs, steps, strict=True):
-        x = rng.random(shape, dtype=np.float32)
-        # a sized primitive has one point per size: nothing else averages its noise
-        seconds = median_seconds(partial(step.run, x, 0),
-                                 5 if name in SIZED else 3, budget=0.6)
+    for (name, layer, shape, _), took in zip(probes, seconds, strict=True):
         model = PRIMITIVES[name].estimate(layer, shape, device)
-        points.setdefault(name, []).append((math.prod(shape[2:]), seconds / model))
+        points.setdefault(name, []).append((math.prod(shape[2:]), took / model))
     found = {}
     for name, measured in points.items():
         kept = measured
@@ -251,16 +296,23 @@ def corrections(device: Device) -> Corrections:
 
 def calibrate(threads: int) -> Device:
     """Measure every rate of this machine for ``threads`` threads, then fit the model's
-    per-primitive corrections on the real kernels."""
+    per-primitive corrections on the real kernels: all probes timed together, in rounds
+    (:func:`fastest_in_rounds`)."""
     start = time.perf_counter()
     fresh, warm = fresh_bandwidths()  # first: before other probes leave freed pages behind
+    rate_probes = (peak_probe(threads), direct_probe(threads), mac_probe(threads),
+                   fft_probe(threads), bandwidth_probe())
+    probes = probe_runs(threads)
+    seconds = fastest_in_rounds([*rate_probes, *(timed for *_, timed in probes)])
+    peak, direct, mac, fft, copy = (p.work / s for p, s in zip(rate_probes, seconds,
+                                                                strict=False))
     rates = Device(
         name=f"{cpu_model()} ({threads} threads)", threads=threads,
-        memory_bytes=int(psutil.virtual_memory().total),
-        peak_flops=peak_flops(threads), direct_flops=direct_flops(threads),
-        mac_flops=mac_flops(threads), fft_flops=fft_flops(threads),
-        bandwidth=bandwidth(threads), fresh_bandwidth=fresh, refill_bandwidth=warm)
-    device = replace(rates, corrections=corrections(rates.refilling()))
+        memory_bytes=int(psutil.virtual_memory().total), peak_flops=peak, direct_flops=direct,
+        mac_flops=mac, fft_flops=fft, bandwidth=copy, fresh_bandwidth=fresh,
+        refill_bandwidth=warm)
+    device = replace(rates, corrections=corrections(rates.refilling(), probes,
+                                                    seconds[len(rate_probes):]))
     log.info("calibrated %s in %.1f s: fresh memory %.2f GB/s (refilled %.2f); %s",
              device.name, time.perf_counter() - start, fresh / 1e9, warm / 1e9,
              "; ".join(f"{name} " + " ".join(f"×{c:.2f}" for _, c in points)
