@@ -13,7 +13,7 @@ from znni.primitives.base import padded_empty
 from znni.primitives.mpf import recombine
 from znni.reference import _dilated_correlation, _dilated_max_filter
 from znni.spec import Conv, Pool
-from znni.winograd_tiles import F2, F4
+from znni.winograd_tiles import TILES
 
 from .conftest import relative_error
 
@@ -90,24 +90,44 @@ def test_winograd_conv_matches_numpy(batch, fi, fo, shape, act, name, tolerance,
     np.testing.assert_array_equal(one_thread.run(x, 0), out)  # each output written once
 
 
+@pytest.mark.parametrize("kernel,shape", [
+    ((3, 3, 1), (9, 10, 5)),     # 2-D kernels of anisotropic EM nets, odd sizes
+    ((1, 3, 3), (2, 13, 11)),    # a z edge shorter than the identity tile's patch
+    ((3, 1, 3), (7, 6, 8)),
+    ((3, 1, 1), (12, 3, 4)),     # 1-D Winograd along z
+])
+@pytest.mark.parametrize("name,tolerance", [("winograd", 1e-5), ("winograd-f4", 1e-4)])
+def test_winograd_anisotropic_kernels_match_numpy(kernel, shape, name, tolerance, rng) -> None:
+    layer = Conv(5, 9, kernel, "relu")
+    x, w, b = random_layer_data(rng, 2, 5, 9, kernel, shape)
+    step = PRIMITIVES[name].prepare(0, layer, x.shape, (w, b), 2)
+    out = step.run(x, 0)
+    assert relative_error(out, conv_reference(x, w, b, "relu")) < tolerance
+    one_thread = PRIMITIVES[name].prepare(0, layer, x.shape, (w, b), 1)
+    np.testing.assert_array_equal(one_thread.run(x, 0), out)
+
+
 @pytest.mark.parametrize("name", ["winograd", "winograd-f4"])
-def test_winograd_runs_only_undilated_3x3x3(name: str) -> None:
+def test_winograd_runs_undilated_kernels_of_edges_3_and_1(name: str) -> None:
     wino = PRIMITIVES[name]
-    assert wino.supports(Conv(4, 4, (3, 3, 3), "relu"))
-    assert not wino.supports(Conv(4, 4, (3, 3, 1), "relu"))
+    for kernel in ((3, 3, 3), (3, 3, 1), (1, 3, 3), (3, 1, 1)):
+        assert wino.supports(Conv(4, 4, kernel, "relu"))
+    for kernel in ((1, 1, 1), (3, 3, 5), (2, 3, 3)):
+        assert not wino.supports(Conv(4, 4, kernel, "relu"))
     assert not wino.supports(Conv(4, 4, (3, 3, 3), "relu", dilation=(2, 2, 2)))
 
 
-@pytest.mark.parametrize("tile", [F2, F4])
+@pytest.mark.parametrize("tile", list(TILES.values()), ids=list(TILES))
 def test_winograd_matrices_compute_correlation_exactly(tile) -> None:
     """y = Aᵀ[(G g) ⊙ (Bᵀ d)] equals Σ_k g_k d_{i+k} for every basis g, d, in exact
-    arithmetic (the generated transforms are these matrices' rows, term by term)."""
-    alpha = tile.m + 2
-    for k in range(3):
+    arithmetic (the generated transforms are these matrices' rows, term by term); identity
+    tiles too (1 tap)."""
+    alpha, taps = tile.alpha, tile.taps
+    for k in range(taps):
         for j in range(alpha):
-            gk = [Fraction(int(i == k)) for i in range(3)]
+            gk = [Fraction(int(i == k)) for i in range(taps)]
             dj = [Fraction(int(i == j)) for i in range(alpha)]
-            u = [sum((row[i] * gk[i] for i in range(3)), Fraction(0)) for row in tile.g]
+            u = [sum((row[i] * gk[i] for i in range(taps)), Fraction(0)) for row in tile.g]
             v = [sum((row[i] * dj[i] for i in range(alpha)), Fraction(0)) for row in tile.bt]
             y = [sum((row[p] * u[p] * v[p] for p in range(alpha)), Fraction(0))
                  for row in tile.at]

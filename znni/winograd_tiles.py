@@ -1,5 +1,6 @@
-"""Winograd F(m, 3) transform matrices: one table, read by the Winograd primitive (kernel
-transform, costs) and by the renderer (the generated 1-D transforms, term by term).
+"""Winograd F(m, 3) transform matrices (and F(m, 1) identities): one table, read by the
+Winograd primitive (kernel transform, costs) and by the renderer (the generated 1-D transforms,
+term by term).
 
 Like the activations, a tile reaches a template only as a validated name ("f2", "f4") that the
 renderer's filters turn into fixed C++ from these exact rational matrices: nothing computed at
@@ -20,22 +21,28 @@ def _matrix(rows: list[list[int | str]]) -> Matrix:
 
 @dataclass(frozen=True)
 class WinogradTile:
-    """F(m, 3) along one axis for correlation: y = Aᵀ[(G g) ⊙ (Bᵀ d)], d of m + 2 inputs."""
+    """F(m, r) along one axis for correlation: y = Aᵀ[(G g) ⊙ (Bᵀ d)], d of m + r − 1
+    inputs, r = 3 taps (or 1: the identity tiles of a kernel's 1-tap axes)."""
 
     name: str
     m: int
-    at: Matrix  # m × (m+2)
-    g: Matrix   # (m+2) × 3
-    bt: Matrix  # (m+2) × (m+2)
+    at: Matrix  # m × α
+    g: Matrix   # α × r
+    bt: Matrix  # α × α
+
+    @property
+    def taps(self) -> int:
+        return len(self.g[0])
 
     @property
     def alpha(self) -> int:
-        return self.m + 2
+        return self.m + self.taps - 1
 
-    @property
-    def positions(self) -> int:
-        """Transformed values per tile: (m+2)³."""
-        return self.alpha ** 3
+
+def _identity(m: int) -> WinogradTile:
+    """F(m, 1): no transform (a 1-tap kernel multiplies each input by its one weight)."""
+    eye = _matrix([[int(i == j) for j in range(m)] for i in range(m)])
+    return WinogradTile(f"i{m}", m, eye, _matrix([[1]] * m), eye)
 
 
 #: Points 0, ±1 and ∞.
@@ -52,8 +59,17 @@ F4 = WinogradTile(
              [0, 1, "-5/2", "1/2", 1, 0], [0, -2, -1, 2, 1, 0], [0, "1/2", -1, "-1/2", 1, 0],
              [0, 1, "-3/2", -2, "3/2", 1]]))
 
-#: Name → tile (the names are the renderer's enum values).
-TILES: dict[str, WinogradTile] = {t.name: t for t in (F2, F4)}
+#: Name → tile (the names are the renderer's enum values). A 1-tap axis of an F(2) or F(4)
+#: layer takes the identity tile as long as the others' patch (α = 4 or 6), so that every
+#: kernel shape keeps the transformed patch, and the scratch it fills, of a 3³ one.
+TILES: dict[str, WinogradTile] = {t.name: t for t in (F2, F4, _identity(4), _identity(6))}
+
+
+def axis_tiles(tile: WinogradTile, kernel: tuple[int, int, int]) -> tuple[WinogradTile, ...]:
+    """The tile per axis (z, y, x) of a kernel whose edges are 3 or 1: ``tile`` on 3-tap
+    axes, the identity of ``tile``'s patch edge on 1-tap ones."""
+    identity = TILES[f"i{tile.alpha}"]
+    return tuple(tile if k == 3 else identity for k in kernel)
 
 
 def combination(coefficients: tuple[Fraction, ...], operand: str) -> str:

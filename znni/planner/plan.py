@@ -44,15 +44,16 @@ MAX_FILTER = "maxfilter"
 
 def auto_primitive(layer: Layer, shape_in: Shape5) -> str:
     """MPF (or the max filter its mode asks for) for pools; pruned task-parallel FFT, Winograd
-    (undilated 3³ kernels with at least AUTO_WINOGRAD_MIN_MAPS maps in and out: F(2³) 1.7–1.8×
-    direct on n337's layers; F(4³) where every image edge is at least
-    AUTO_WINOGRAD_F4_MIN_EDGE) or direct for convs (see the rule above)."""
+    (undilated kernels of edges 3 and 1 with at least AUTO_WINOGRAD_MIN_MAPS maps in and out:
+    F(2³) 1.7–1.8× direct on n337's layers; F(4) where every 3-tap axis's image edge is at
+    least AUTO_WINOGRAD_F4_MIN_EDGE) or direct for convs (see the rule above)."""
     if isinstance(layer, Pool):
         return "maxfilter" if layer.max_filter else "mpf"
     if (PRIMITIVES["winograd"].supports(layer)
             and min(layer.in_channels, layer.out_channels) >= AUTO_WINOGRAD_MIN_MAPS):
-        # F(4³) needs whole 4³ tiles to pay: at least two per axis
-        return "winograd-f4" if min(shape_in[2:]) >= AUTO_WINOGRAD_F4_MIN_EDGE else "winograd"
+        # F(4) needs whole 4-output tiles to pay: at least two along each 3-tap axis
+        edges = [n for n, k in zip(shape_in[2:], layer.kernel, strict=True) if k == 3]
+        return "winograd-f4" if min(edges) >= AUTO_WINOGRAD_F4_MIN_EDGE else "winograd"
     if (math.prod(layer.kernel) >= AUTO_FFT_MIN_TAPS
             and min(layer.in_channels, layer.out_channels) >= AUTO_FFT_MIN_MAPS
             and math.prod(shape_in[2:]) >= AUTO_FFT_MIN_VOXELS):

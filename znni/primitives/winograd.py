@@ -1,4 +1,5 @@
-"""Winograd convolution F(m³, 3³) by generated C++ (Lavin & Gray 2016, in 3D), m = 2 or 4.
+"""Winograd convolution F(m³, 3³) by generated C++ (Lavin & Gray 2016, in 3D), m = 2 or 4,
+and its anisotropic kin (3×3×1, 1×3×3, …: F(m, 3) on 3-tap axes, no transform on 1-tap ones).
 
 For the 3³ kernels of nets like n337 FFT loses (its transforms cost more than the taps they
 save) and direct convolution is compute-bound at 27 multiply-adds per output and map pair.
@@ -9,7 +10,7 @@ al. 2020: the most accurate set for F(4, 3)): float32 within ~1.2e-5 of the refe
 80-map layer against 3.5e-5 for 0, ±1, ±2 (docs/design.md §5.5); F(2³) stays within 1e-6.
 
 The kernel transform U = G g Gᵀ (per axis) is computed here once per layer in float64 and
-packed ((m+2)³ positions, input maps, output maps padded to the register block).
+packed (P = α_z·α_y·α_x positions, input maps, output maps padded to the register block).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from ..codegen.loader import default_toolchain, load_kernel
 from ..codegen.render import render
 from ..spec import Conv, Layer, Shape5
-from ..winograd_tiles import TILES, WinogradTile
+from ..winograd_tiles import TILES, WinogradTile, axis_tiles
 from .base import FLOAT_BYTES, Memory, tensor_bytes
 from .direct import ConvStep, conv_context, conv_output_shape
 
@@ -58,35 +59,59 @@ def choose_block(layer: Conv, vector_width: int) -> WinogradBlock:
     return WinogradBlock(ob, _XV)
 
 
-def tiles(shape_in: Shape5, m: int) -> int:
-    """m³-output tiles per sample."""
-    return math.prod(-(-(n - 2) // m) for n in shape_in[2:])
+Tiles = tuple[WinogradTile, ...]
 
 
-def transform_weights(w: np.ndarray, b: np.ndarray, tile: WinogradTile,
+def tiles(shape_in: Shape5, axes: Tiles) -> int:
+    """Tiles per sample (m_z·m_y·m_x outputs each)."""
+    return math.prod(-(-(n - t.taps + 1) // t.m) for n, t in zip(shape_in[2:], axes,
+                                                                   strict=True))
+
+
+def positions(axes: Tiles) -> int:
+    """Transformed values per tile and map: α_z·α_y·α_x."""
+    return math.prod(t.alpha for t in axes)
+
+
+def transform_flops(axes: Tiles, per: str) -> int:
+    """FLOPs of one tile's transform of one map (three 1-D passes of dense matrices, none
+    along identity axes): ``per`` "input" (α → α per line) or "output" (α → m)."""
+    flops, lines = 0, [t.alpha for t in axes]
+    for axis in (2, 1, 0):  # x, then y, then z, as generated
+        t = axes[axis]
+        out = t.alpha if per == "input" else t.m
+        if t.taps > 1:
+            flops += 2 * math.prod(lines) // t.alpha * t.alpha * out
+        lines[axis] = out
+    return flops
+
+
+def transform_weights(w: np.ndarray, b: np.ndarray, axes: Tiles,
                       ob: int) -> tuple[np.ndarray, np.ndarray]:
-    """(FO, FI, 3, 3, 3) → U ((m+2)³, FI, FO padded to a multiple of ob), in float64 then
+    """(FO, FI, kz, ky, kx) → U (P, FI, FO padded to a multiple of ob), in float64 then
     rounded."""
     fo, fi = w.shape[:2]
-    g = np.array(tile.g, dtype=np.float64)
-    u = np.einsum("ai,bj,ck,oxijk->abcxo", g, g, g, w.astype(np.float64))
-    padded = np.zeros((tile.positions, fi, -(-fo // ob) * ob), np.float32)
-    padded[:, :, :fo] = u.reshape(tile.positions, fi, fo)
+    gz, gy, gx = (np.array(t.g, dtype=np.float64) for t in axes)
+    u = np.einsum("ai,bj,ck,oxijk->abcxo", gz, gy, gx, w.astype(np.float64))
+    padded = np.zeros((positions(axes), fi, -(-fo // ob) * ob), np.float32)
+    padded[:, :, :fo] = u.reshape(positions(axes), fi, fo)
     return padded, np.ascontiguousarray(b, dtype=np.float32)
 
 
 def winograd_source(layer: Conv, shape_in: Shape5, tile: WinogradTile,
                     vector_width: int) -> str:
     block = choose_block(layer, vector_width)
+    tz, ty, tx = axis_tiles(tile, layer.kernel)
     return render("winograd_conv.cpp.j2", {
-        **conv_context(layer, shape_in), "tile": tile.name,
-        "vector_width": vector_width, "xv": block.xv, "ob": block.ob})
+        **conv_context(layer, shape_in), "tile_z": tz.name, "tile_y": ty.name,
+        "tile_x": tx.name, "vector_width": vector_width, "xv": block.xv, "ob": block.ob})
 
 
 class WinogradConv:
-    """Primitive ``winograd`` (F(2³, 3³)) or ``winograd-f4`` (F(4³, 3³)): 3×3×3 undilated
-    convs; (m+2)³ multiply-adds per m³-output tile and map pair (computed lanes: whole tasks
-    of V·XV tiles, output maps padded to the block)."""
+    """Primitive ``winograd`` (F(2, 3) per 3-tap axis) or ``winograd-f4`` (F(4, 3)):
+    undilated convs whose kernel edges are 3 or 1, at least one 3 (3³, 3×3×1, 1×3×3, …);
+    P = α_z·α_y·α_x multiply-adds per tile and map pair (computed lanes: whole tasks of
+    V·XV tiles, output maps padded to the block)."""
 
     layer_kind = "conv"
 
@@ -95,22 +120,22 @@ class WinogradConv:
         self.name = "winograd" if tile == "f2" else f"winograd-{tile}"
 
     def supports(self, layer: Layer) -> bool:
-        return (isinstance(layer, Conv) and layer.kernel == (3, 3, 3)
-                and layer.dilation == (1, 1, 1))
+        return (isinstance(layer, Conv) and set(layer.kernel) <= {1, 3}
+                and 3 in layer.kernel and layer.dilation == (1, 1, 1))
 
-    def _computed_tiles(self, shape_in: Shape5) -> int:
+    def _computed_tiles(self, shape_in: Shape5, axes: Tiles) -> int:
         w = default_toolchain().vector_width * _XV
-        return shape_in[0] * -(-tiles(shape_in, self.tile.m) // w) * w
+        return shape_in[0] * -(-tiles(shape_in, axes) // w) * w
 
     def flops(self, layer: Layer, shape_in: Shape5) -> int:
         """The products (2 per multiply-add) and the input and output transforms (per tile:
-        three 1-D passes of dense matrices per input and per output map)."""
+        1-D passes of dense matrices per input and per output map)."""
         assert isinstance(layer, Conv)
-        t = shape_in[0] * tiles(shape_in, self.tile.m)
-        a, m = self.tile.alpha, self.tile.m
+        axes = axis_tiles(self.tile, layer.kernel)
+        t = shape_in[0] * tiles(shape_in, axes)
         fi, fo = layer.in_channels, layer.out_channels
-        return t * (2 * a ** 3 * fi * fo + 6 * a ** 4 * fi + 2 * a * m * (a * a + a * m + m * m)
-                    * fo)
+        return t * (2 * positions(axes) * fi * fo + transform_flops(axes, "input") * fi
+                    + transform_flops(axes, "output") * fo)
 
     def estimate(self, layer: Layer, shape_in: Shape5, device: Device) -> float:
         """Seconds at the direct kernel's rate (the same register-blocked broadcast-FMA loop,
@@ -120,22 +145,23 @@ class WinogradConv:
         the scatter; and the fresh output's first touch."""
         assert isinstance(layer, Conv)
         block = choose_block(layer, default_toolchain().vector_width)
-        t = self._computed_tiles(shape_in)
-        a, m = self.tile.alpha, self.tile.m
+        axes = axis_tiles(self.tile, layer.kernel)
+        t = self._computed_tiles(shape_in, axes)
+        p, outputs_per_tile = positions(axes), math.prod(a.m for a in axes)
         fop = -(-layer.out_channels // block.ob) * block.ob
-        products = 2 * a ** 3 * layer.in_channels * fop * t
-        inputs = TRANSFORM_FLOPS_PER_POSITION * a ** 3 * layer.in_channels * t
-        outputs = (2 * a * m * (a * a + a * m + m * m) + SCATTER_FLOPS * m ** 3) * fop * t
+        products = 2 * p * layer.in_channels * fop * t
+        inputs = TRANSFORM_FLOPS_PER_POSITION * p * layer.in_channels * t
+        outputs = (transform_flops(axes, "output") + SCATTER_FLOPS * outputs_per_tile) * fop * t
         out = tensor_bytes(conv_output_shape(layer, shape_in))
         return (products + inputs + outputs) / device.direct_flops + out / device.fresh_rate
 
     def memory(self, layer: Layer, shape_in: Shape5) -> Memory:
-        """Input + output tensors; resident U ((m+2)³ taps per map pair); per thread the
-        task's transformed patches and products (counted for 16 threads)."""
+        """Input + output tensors; resident U (P taps per map pair); per thread the task's
+        transformed patches and products (counted for 16 threads)."""
         assert isinstance(layer, Conv)
         block = choose_block(layer, default_toolchain().vector_width)
         fop = -(-layer.out_channels // block.ob) * block.ob
-        v, p = default_toolchain().vector_width, self.tile.positions
+        v, p = default_toolchain().vector_width, positions(axis_tiles(self.tile, layer.kernel))
         per_thread = FLOAT_BYTES * v * block.xv * p * (layer.in_channels + fop)
         return Memory(resident=FLOAT_BYTES * (p * layer.in_channels * fop + fop),
                       working=tensor_bytes(shape_in) + tensor_bytes(conv_output_shape(
@@ -151,4 +177,5 @@ class WinogradConv:
         module = load_kernel(
             winograd_source(layer, shape_in, self.tile, toolchain.vector_width), label, toolchain)
         return ConvStep(module, layer, shape_in,
-                        transform_weights(*weights, self.tile, block.ob), threads)
+                        transform_weights(*weights, axis_tiles(self.tile, layer.kernel),
+                                          block.ob), threads)
