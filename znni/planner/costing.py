@@ -30,7 +30,7 @@ class CostModel:
 
     def seconds(self, lp: LayerPlan, layer: Layer) -> tuple[float, str]:
         shape = timed_shape(lp, layer)
-        # an in-place layer's passes reuse buffers freed a moment before: refill rate
+        # an in-place layer's passes reuse buffers freed a moment before, partly
         pass_seconds, source = self._pass_seconds(lp.primitive, layer, shape, lp.in_place > 0)
         if lp.in_place:
             return in_place.seconds(pass_seconds, layer, lp.input_shape, lp.in_place,
@@ -38,23 +38,23 @@ class CostModel:
         return pass_seconds, source
 
     def _pass_seconds(self, name: str, layer: Layer, shape: Shape5,
-                      refill: bool) -> tuple[float, str]:
-        key = (name, layer, shape, refill)
+                      passes: bool) -> tuple[float, str]:
+        key = (name, layer, shape, passes)
         if key not in self._known:
-            self._known[key] = self._lookup(name, layer, shape, refill)
+            self._known[key] = self._lookup(name, layer, shape, passes)
         return self._known[key]
 
     def _lookup(self, name: str, layer: Layer, shape: Shape5,
-                refill: bool = False) -> tuple[float, str]:
-        device = self.device.refilling() if refill else self.device
+                passes: bool = False) -> tuple[float, str]:
+        device = self.device.passing() if passes else self.device
         primitive = PRIMITIVES[name]
         if self.records is not None:
             record = self.records.get(record_key(layer, shape, name, self.device.threads),
                                       self.effort)
             if record is not None:
                 # Timed in repeats, whose tensors refill pages freed a moment before: a run's
-                # fresh tensors pay the cold rate on top (the model's difference, §7.6).
-                cold = (0.0 if refill else primitive.estimate(layer, shape, device)
+                # tensors pay the colder rate on top (the model's difference, §7.6).
+                cold = (primitive.estimate(layer, shape, device)
                         - primitive.estimate(layer, shape, device.refilling()))
                 return record.seconds + cold, "measured"
         estimate = primitive.estimate(layer, shape, device)
