@@ -272,6 +272,31 @@ def test_calibration_measures_rates_and_fits_every_primitive() -> None:
     assert again == device and again.correction("direct", 10**6) == fitted["direct"][0][1]
 
 
+def test_calibration_keeps_each_probes_fastest_run_over_rounds(monkeypatch) -> None:
+    """A slow spell spoils one round, not the probe: each keeps its fastest timed run over
+    all rounds, and every round begins with an untimed run (freed buffers may be cold).
+    A fake clock: each call of a probe advances it by the probe's next scripted duration."""
+    from znni.planner import calibrate as calibration
+
+    clock = [0.0]
+    monkeypatch.setattr(calibration.time, "perf_counter", lambda: clock[0])
+
+    def probe(durations: list[float]) -> calibration.Timed:
+        script = iter(durations)
+        return calibration.Timed(lambda: clock.__setitem__(0, clock[0] + next(script)))
+
+    # per round: one untimed run (9.0, cold) and one timed (span 0: a single run each)
+    spoiled = probe([9.0, 5.0, 9.0, 1.0, 9.0, 6.0])   # a fast round between slow ones
+    steady = probe([9.0, 2.0, 9.0, 2.5, 9.0, 2.2])
+    assert calibration.fastest_in_rounds([spoiled, steady], rounds=3, span=0.0) == [1.0, 2.0]
+
+
+def test_in_place_passes_pay_a_page_rate_between_fresh_and_refilled() -> None:
+    device = replace(Device.load(DEVICE), fresh_bandwidth=1e9, refill_bandwidth=4e9)
+    assert device.passing().fresh_rate == pytest.approx(2e9)
+    assert device.refilling().fresh_rate == 4e9
+
+
 def test_corrections_interpolate_in_log_image_size() -> None:
     device = replace(Device.load(DEVICE), corrections=(("fft-pruned", ((1000, 2.0),
                                                                         (8000, 1.0))),))

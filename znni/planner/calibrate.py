@@ -91,7 +91,7 @@ class Timed:
 
 
 def fastest_in_rounds(timed: Sequence[Timed], rounds: int = ROUNDS,
-                      span: float = 0.15) -> list[float]:
+                      span: float = 0.12) -> list[float]:
     """Fastest seconds of each of ``timed`` over ``rounds`` passes through all of them, each
     pass running each once untimed (its buffers, freed seconds ago, may have gone cold)
     and then timing it at least once and for ``span`` seconds (at most 15 runs).
