@@ -304,8 +304,8 @@ def calibrate(threads: int) -> Device:
                    fft_probe(threads), bandwidth_probe())
     probes = probe_runs(threads)
     seconds = fastest_in_rounds([*rate_probes, *(timed for *_, timed in probes)])
-    peak, direct, mac, fft, copy = (p.work / s for p, s in zip(rate_probes, seconds,
-                                                                strict=False))
+    peak, direct, mac, fft, copy = (p.work / s for p, s in zip(
+        rate_probes, seconds[:len(rate_probes)], strict=True))
     rates = Device(
         name=f"{cpu_model()} ({threads} threads)", threads=threads,
         memory_bytes=int(psutil.virtual_memory().total), peak_flops=peak, direct_flops=direct,

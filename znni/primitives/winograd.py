@@ -81,7 +81,7 @@ def transform_flops(axes: Tiles, per: str) -> int:
         t = axes[axis]
         out = t.alpha if per == "input" else t.m
         if t.taps > 1:
-            flops += 2 * math.prod(lines) // t.alpha * t.alpha * out
+            flops += 2 * math.prod(lines) * out  # lines of α values, each out × α FMAs
         lines[axis] = out
     return flops
 
@@ -93,8 +93,9 @@ def transform_weights(w: np.ndarray, b: np.ndarray, axes: Tiles,
     fo, fi = w.shape[:2]
     gz, gy, gx = (np.array(t.g, dtype=np.float64) for t in axes)
     u = np.einsum("ai,bj,ck,oxijk->abcxo", gz, gy, gx, w.astype(np.float64))
-    padded = np.zeros((positions(axes), fi, -(-fo // ob) * ob), np.float32)
-    padded[:, :, :fo] = u.reshape(positions(axes), fi, fo)
+    p = positions(axes)
+    padded = np.zeros((p, fi, -(-fo // ob) * ob), np.float32)
+    padded[:, :, :fo] = u.reshape(p, fi, fo)
     return padded, np.ascontiguousarray(b, dtype=np.float32)
 
 
