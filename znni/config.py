@@ -37,6 +37,9 @@ KNOBS = {
     "nvcc_arch": Knob("ZNNI_CUDA_ARCH", "GPU architecture for nvcc -arch (default sm_90: "
                       "H100/H200)", True),
     "nvccflags": Knob("ZNNI_NVCCFLAGS", "replaces the default nvcc optimisation flags", True),
+    "fft": Knob("ZNNI_FFT", "FFT passes: simd (default: generated SIMD kernels, no planning) "
+                "or fftw (FFTW plans; also the fallback for lengths with prime factors > 7)",
+                False),
     "fftw_effort": Knob("ZNNI_FFTW_EFFORT", "FFTW planner effort: FFTW_ESTIMATE, FFTW_MEASURE "
                         "(default) or FFTW_PATIENT; plans are remembered as wisdom", False),
     "fftw_timelimit": Knob("ZNNI_FFTW_TIMELIMIT", "seconds FFTW may spend planning one pass "
@@ -45,7 +48,16 @@ KNOBS = {
                          "system's, else the one bundled with pyfftw)", False),
 }
 
+FFT_BACKENDS = ("simd", "fftw")
 FFTW_EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")
+
+
+def fft_backend() -> str:
+    value = os.environ.get(KNOBS["fft"].env, "simd").strip().lower()
+    if value not in FFT_BACKENDS:
+        raise ZnniError(f"ZNNI_FFT={value!r} is not an FFT backend",
+                        f"use one of {', '.join(FFT_BACKENDS)}")
+    return value
 
 
 def fftw_effort() -> str:

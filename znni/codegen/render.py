@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-from .. import winograd_tiles
+from .. import simd_fft_constants, winograd_tiles
 from ..activations import ACTIVATIONS
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -44,6 +44,9 @@ def _environment() -> jinja2.Environment:
     env.filters["winograd_m"] = lambda name: winograd_tiles.TILES[name].m
     env.filters["winograd_input_rows"] = winograd_tiles.input_rows
     env.filters["winograd_output_rows"] = winograd_tiles.output_rows
+    # a vector width → shuffle masks; an odd radix → butterfly coefficients (SIMD FFTs)
+    env.filters["shuffle_masks"] = simd_fft_constants.shuffle_masks
+    env.filters["radix_coefficients"] = simd_fft_constants.radix_coefficients
     return env
 
 

@@ -7,12 +7,13 @@ touched. For a short non-zero extent (kernels: a, b ≤ 2.5·log2 N) the y and z
 *pruned DFTs*: a (N × a) DFT-matrix product (complex GEMM), which reads only the a non-zero
 inputs of each line, needs no zero fill and runs at GEMM speed — measured 4–7× faster than
 FFTW's full 3D r2c of the padded array (bench/fft_pruned.py). Longer extents (images) use
-strided in-place FFTW passes. Inverse: the z pass on everything, then only the planes and rows
-that survive the valid crop. Everything happens in one complex buffer ``(B, N0, N1, N2//2+1)``
-(r2c/c2r in place), so the only memory is the spectrum itself.
+the generated SIMD FFTs (znni.fft.simd), a whole image per thread. Inverse: the z pass on
+everything, then only the planes and rows that survive the valid crop. Everything happens in
+one complex buffer ``(B, N0, N1, N2//2+1)`` (r2c/c2r in place), so the only memory is the
+spectrum itself.
 
-The 1D FFTW passes run through znni.fft.fftw: planned once per slab geometry on scratch memory,
-executed by znni's own threads (no planning on the data, no second thread pool).
+1D passes (the kernels' x pass, and every pass where SIMD FFTs are off or a length has a prime
+factor above 7) go through znni.fft.simd's ``transform``, which falls back to znni.fft.fftw.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from functools import cache
 
 import numpy as np
 
-from .fftw import aligned_empty, transform
+from . import simd
+from .fftw import aligned_empty
+from .simd import transform
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,9 @@ def forward(x: np.ndarray, shape: SpectralShape, threads: int,
         _pruned_dft(planes.reshape(batch, a, n1 * half), n0, spec.reshape(batch, n0, n1 * half),
                     threads)
         return spec
+    if simd.supports_size(shape.size):
+        simd.forward3d(np.ascontiguousarray(x, np.float32), spec, shape.size, threads, pruned)
+        return spec
     if not pruned:
         a, b = n0, n1  # every line is transformed (the baseline pruning is measured against)
     real = spec.view(np.float32)
@@ -142,9 +148,17 @@ def forward_unpruned(x: np.ndarray, shape: SpectralShape, threads: int,
 
 
 def inverse_cropped(spec: np.ndarray, shape: SpectralShape, start: tuple[int, int, int],
-                    stop: tuple[int, int, int], threads: int) -> np.ndarray:
+                    stop: tuple[int, int, int], threads: int,
+                    out: np.ndarray | None = None) -> np.ndarray:
     """Real ``(B, stop−start)`` block of the unnormalised c2r inverse of ``spec`` (destroyed):
-    after the z pass only planes [start0, stop0) and then rows [start1, stop1) are transformed."""
+    after the z pass only planes [start0, stop0) and then rows [start1, stop1) are transformed.
+    ``out`` ``(S, J, *(stop−start))`` with S·J = B (e.g. a chunk of a layer's output maps)
+    receives the blocks, and is returned; else a new array (or a view into ``spec``)."""
+    if simd.supports_size(shape.size):
+        block = tuple(e - s for s, e in zip(start, stop, strict=True))
+        target = np.empty((spec.shape[0], 1, *block), np.float32) if out is None else out
+        simd.inverse3d(spec, target, shape.size, start, stop, threads)
+        return target.reshape(spec.shape[0], *block) if out is None else target
     s0, s1, s2 = start
     e0, e1, e2 = stop
     n2 = shape.size[2]
@@ -154,4 +168,8 @@ def inverse_cropped(spec: np.ndarray, shape: SpectralShape, start: tuple[int, in
     transform("backward", planes, planes, 2, threads)
     rows = spec[:, s0:e0, s1:e1, :]
     transform("c2r", rows, real[:, s0:e0, s1:e1, :n2], 3, threads)
-    return real[:, s0:e0, s1:e1, s2:e2]
+    valid = real[:, s0:e0, s1:e1, s2:e2]
+    if out is None:
+        return valid
+    out[...] = valid.reshape(out.shape)
+    return out

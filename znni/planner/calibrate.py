@@ -165,8 +165,8 @@ def mac_probe(threads: int) -> Timed:
 
 
 def fft_probe(threads: int) -> Timed:
-    """FFTW r2c on a batch larger than the last-level cache, as in a layer (2.5·N·log2 N
-    FLOPs per transform)."""
+    """The forward 3D r2c of a batch larger than the last-level cache, as in a layer, through
+    the configured FFT passes (2.5·N·log2 N FLOPs per transform)."""
     shape = SpectralShape((64, 64, 64))
     batch = 64
     x = np.random.default_rng(0).random((batch, 64, 64, 64), dtype=np.float32)

@@ -33,12 +33,12 @@ def load_device(path: str | os.PathLike[str]) -> Device:
 
 
 #: Bumped whenever what calibration measures changes: older cached descriptions are re-measured.
-CALIBRATION_VERSION = 6
+CALIBRATION_VERSION = 7
 
 
 def _cache_path(threads: int) -> Path:
     key = hashlib.sha256(f"{cpu_model()}|{threads}|{__version__}|{CALIBRATION_VERSION}|"
-                         f"{config.cxxflags()}".encode())
+                         f"{config.cxxflags()}|{config.fft_backend()}".encode())
     return private_dir(config.cache_dir() / "devices") / f"{key.hexdigest()[:16]}.json"
 
 

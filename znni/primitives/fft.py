@@ -1,4 +1,4 @@
-"""FFT convolution (docs/design.md §5.2–5.3): transforms by FFTW/pruned DFTs, spectral MAC by
+"""FFT convolution (docs/design.md §5.2–5.3): transforms by SIMD FFTs/pruned DFTs, spectral MAC by
 generated C++.
 
 One algorithm, three schedules, two transform kinds — five primitives:
@@ -197,7 +197,7 @@ def mac_source(layer: Conv, geometry: FftGeometry) -> str:
 
 
 class SpectralLayout:
-    """Generated converters between complex (FFTW) spectra ``(maps, planes, plane)`` and the
+    """Generated converters between complex (interleaved) spectra ``(maps, planes, plane)`` and the
     MAC's tiled planar layout ``(planes·tiles, maps, 2, T)``."""
 
     def __init__(self, planes: int, plane: int, tile: int, threads: int) -> None:
@@ -320,11 +320,11 @@ class FftStep:
             spec_out = g.spectral.buffer(s * g.out_chunk)
             self.layout.from_planar(planar_out, spec_out)
             del planar_out
-            valid = inverse_cropped(spec_out, g.spectral, start, stop, threads)
             dst = out[:, j0:j0 + g.out_chunk]
-            np.add(valid.reshape(dst.shape), self.bias[:, j0:j0 + g.out_chunk], out=dst)
+            inverse_cropped(spec_out, g.spectral, start, stop, threads, out=dst)
+            del spec_out
+            np.add(dst, self.bias[:, j0:j0 + g.out_chunk], out=dst)
             apply(layer.activation, dst)
-            del spec_out, valid
 
 
 def undilated(layer: Conv) -> Conv:
@@ -380,7 +380,7 @@ class FftConv:
 
     def estimate(self, layer: Layer, shape_in: Shape5, device: Device) -> float:
         """Modelled seconds: the 1D passes each transform really runs (image forwards, cropped
-        inverses, kernel forwards — pruned DFT passes at the MAC rate, FFTW passes at the FFT
+        inverses, kernel forwards — pruned DFT passes at the MAC rate, FFT passes at the FFT
         rate), the MAC (compute- or bandwidth-bound, with the traffic of the chosen chunk and
         block), and the streaming layout conversions, zero fills and bias/activation pass."""
         assert isinstance(layer, Conv)
