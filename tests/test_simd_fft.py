@@ -193,3 +193,34 @@ def test_render_constants() -> None:
         radix_coefficients(4)
     with pytest.raises(ValueError):
         shuffle_masks(6)
+
+
+@pytest.mark.parametrize("batch,threads", [(5, 2), (1, 2), (3, 1)])
+def test_planar_spectra_match_the_layout_converters(batch: int, threads: int) -> None:
+    """Straight into and out of the spectral MAC's tiled planar layout: the same values as
+    the complex spectra converted by the layout kernels, with the last tile's padding zero."""
+    from znni.primitives.fft import SpectralLayout
+
+    rng = np.random.default_rng(6)
+    size, extent = (9, 14, 15), (7, 12, 15)
+    shape = SpectralShape(size)
+    plane = size[1] * shape.half
+    tile = 64  # 112 values per plane: one whole tile, one padded
+    x = rng.standard_normal((batch, *extent)).astype(np.float32)
+    layout = SpectralLayout(size[0], plane, tile, threads)
+    tiles = size[0] * -(-plane // tile)
+    want = np.empty((tiles, batch, 2, tile), np.float32)
+    layout.to_planar(forward(x, shape, threads), want)
+    planar = np.full((tiles, batch, 2, tile), np.nan, np.float32)
+    simd.forward3d(x, planar, size, threads, tile=tile)
+    assert relative_error(planar, want) < 2e-6
+    start, stop = (2, 3, 4), (9, 14, 15)
+    out = np.zeros((batch, 2, 7, 11, 11), np.float32)
+    simd.inverse3d(planar, out[:, :1], size, start, stop, threads, tile=tile)  # type: ignore[arg-type]
+    full = np.fft.irfftn(np.fft.rfftn(x.astype(np.float64), s=size, axes=(1, 2, 3)), s=size,
+                         axes=(1, 2, 3)) * np.prod(size)
+    crop = full[:, 2:9, 3:14, 4:15]
+    assert np.abs(out[:, 0] - crop).max() < 2e-6 * np.abs(full).max()
+    assert np.all(out[:, 1] == 0)
+    with pytest.raises(ValueError, match="not"):
+        simd.forward3d(x, planar[:, :, :, :32], size, threads, tile=tile)

@@ -30,10 +30,11 @@ void znni_fft_rows(int inverse, const float *src, float *dst, const znni_fft_len
                    long rows, long row_src, long row_dst, long n0, long s0, long d0, long n1,
                    long s1, long d1, int threads);
 void znni_fft3d_forward(const float *x, float *spec, long images, const long *extent,
-                        const long *lines, const znni_fft_length *lengths, int threads);
+                        const long *lines, const znni_fft_length *lengths, long tile,
+                        int threads);
 void znni_fft3d_inverse(float *spec, float *out, long images, long inner, long inner_step,
                         long outer_step, const long *start, const long *stop,
-                        const znni_fft_length *lengths, int threads);
+                        const znni_fft_length *lengths, long tile, int threads);
 """
 
 
@@ -48,7 +49,8 @@ class _Module:
         toolchain = default_toolchain()
         self.ffi = cffi.FFI()
         self.ffi.cdef(_CDEF)
-        source = render("simd_fft.cpp.j2", {"vector_width": toolchain.vector_width})
+        self.width = toolchain.vector_width
+        source = render("simd_fft.cpp.j2", {"vector_width": self.width})
         self.lib = self.ffi.dlopen(str(kernel_cache.build(source, toolchain, "SIMD FFT")))
         self._kept: list[Any] = []  # the C arrays the length structs point into
 
@@ -155,44 +157,63 @@ def _dense(a: np.ndarray, dtype: type, what: str) -> Any:
     return _module().ffi.cast("float *", a.ctypes.data)
 
 
+def _spectra_pointer(spec: np.ndarray, size: tuple[int, int, int], images: int,
+                     tile: int) -> Any:
+    """``spec``'s data after checking its shape: complex ``(B, N0, N1, N2//2+1)``, or with
+    ``tile`` the MAC's tiled planar ``(N0·tiles per plane, B, 2, tile)`` float32."""
+    half = size[2] // 2 + 1
+    if tile:
+        if tile % _module().width:
+            raise ValueError(f"planar tile {tile} is not a multiple of the vector width")
+        want: tuple[int, ...] = (size[0] * -(-size[1] * half // tile), images, 2, tile)
+        dtype: type = np.float32
+    else:
+        want, dtype = (images, size[0], size[1], half), np.complex64
+    if spec.shape != want:
+        raise ValueError(f"spectra {spec.shape} are not {want} for {images} images of {size}")
+    return _dense(spec, dtype, "spectrum")
+
+
 def forward3d(x: np.ndarray, spec: np.ndarray, size: tuple[int, int, int], threads: int,
-              pruned: bool = True) -> None:
-    """Unnormalised r2c 3D spectra ``spec`` ``(B, N0, N1, N2//2+1)`` of the real images ``x``
-    ``(B, a, b, c)`` zero-padded to ``size`` = (N0, N1, N2); ``pruned``: all-zero lines are
-    skipped. Both dense. A whole image per thread where there are enough images (its passes
-    stay in that core's cache), else each pass is shared."""
+              pruned: bool = True, tile: int = 0) -> None:
+    """Unnormalised r2c 3D spectra ``spec`` of the real images ``x`` ``(B, a, b, c)``
+    zero-padded to ``size`` = (N0, N1, N2): complex ``(B, N0, N1, N2//2+1)``, or with
+    ``tile`` straight into the spectral MAC's tiled planar layout ``(N0·tiles, B, 2, tile)``
+    (no complex spectra, no conversion pass). ``pruned``: all-zero lines are skipped. A whole
+    image per thread where there are enough images (its passes stay in that core's cache),
+    else each pass is shared."""
     batch, a, b, c = x.shape
-    if spec.shape != (batch, size[0], size[1], size[2] // 2 + 1) or a > size[0] \
-            or b > size[1] or c > size[2]:
-        raise ValueError(f"images {x.shape} do not fit spectra {spec.shape} of size {size}")
+    if a > size[0] or b > size[1] or c > size[2]:
+        raise ValueError(f"images {x.shape} do not fit transforms of size {size}")
+    target = _spectra_pointer(spec, size, batch, tile)
     module = _module()
     lines = [a, b] if pruned else [size[0], size[1]]
-    module.lib.znni_fft3d_forward(_dense(x, np.float32, "image"),
-                                  _dense(spec, np.complex64, "spectrum"), batch,
+    module.lib.znni_fft3d_forward(_dense(x, np.float32, "image"), target, batch,
                                   module.ffi.new("long[3]", [a, b, c]),
-                                  module.ffi.new("long[2]", lines), module.lengths(size),
+                                  module.ffi.new("long[2]", lines), module.lengths(size), tile,
                                   threads)
 
 
 def inverse3d(spec: np.ndarray, out: np.ndarray, size: tuple[int, int, int],
-              start: tuple[int, int, int], stop: tuple[int, int, int], threads: int) -> None:
-    """The real blocks [start, stop) of the unnormalised c2r inverses of ``spec`` (destroyed)
-    into ``out`` ``(S, J, *(stop − start))``, image ``s·J + j`` → ``out[s, j]``: ``out`` may be
-    a slice of a larger tensor along J (a chunk of output maps), its blocks dense."""
-    batch = spec.shape[0]
+              start: tuple[int, int, int], stop: tuple[int, int, int], threads: int,
+              tile: int = 0) -> None:
+    """The real blocks [start, stop) of the unnormalised c2r inverses of ``spec`` (complex,
+    destroyed; or with ``tile`` tiled planar, kept) into ``out`` ``(S, J, *(stop − start))``,
+    image ``s·J + j`` → ``out[s, j]``: ``out`` may be a slice of a larger tensor along J (a
+    chunk of output maps), its blocks dense."""
     block = tuple(e - s for s, e in zip(start, stop, strict=True))
-    if spec.shape[1:] != (size[0], size[1], size[2] // 2 + 1) or out.ndim != 5 \
-            or out.shape[0] * out.shape[1] != batch or out.shape[2:] != block \
+    if out.ndim != 5 or out.shape[2:] != block \
             or not all(0 <= s < e <= n for s, e, n in zip(start, stop, size, strict=True)):
-        raise ValueError(f"spectra {spec.shape} of size {size} cannot fill {out.shape} "
-                         f"with [{start}, {stop})")
+        raise ValueError(f"spectra of size {size} cannot fill {out.shape} with "
+                         f"[{start}, {stop})")
+    images = out.shape[0] * out.shape[1]
+    source = _spectra_pointer(spec, size, images, tile)
     if out.dtype != np.float32 or not out[0, 0].flags.c_contiguous \
             or out.strides[1] % 4 or out.strides[0] % 4:
         raise ValueError("the output blocks must be dense float32")
     module = _module()
     ffi = module.ffi
-    module.lib.znni_fft3d_inverse(_dense(spec, np.complex64, "spectrum"),
-                                  ffi.cast("float *", out.ctypes.data), batch, out.shape[1],
-                                  out.strides[1] // 4, out.strides[0] // 4,
+    module.lib.znni_fft3d_inverse(source, ffi.cast("float *", out.ctypes.data), images,
+                                  out.shape[1], out.strides[1] // 4, out.strides[0] // 4,
                                   ffi.new("long[3]", list(start)), ffi.new("long[3]", list(stop)),
-                                  module.lengths(size), threads)
+                                  module.lengths(size), tile, threads)

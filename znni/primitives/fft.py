@@ -33,6 +33,8 @@ import numpy as np
 from ..activations import apply
 from ..codegen.loader import KernelModule, default_toolchain, load_kernel
 from ..codegen.render import render
+from ..config import default_threads
+from ..fft import simd
 from ..fft.pruned import (
     SpectralShape,
     dft_table,
@@ -184,6 +186,18 @@ def _l1_block(in_block: int, fused: bool) -> int:
     return _largest_divisor(in_block, 8 if fused else 24)
 
 
+def direct_transforms(g: FftGeometry) -> bool:
+    """Whether images go straight between pixels and the MAC's tiled planar layout through
+    the SIMD FFTs (no complex spectra, no conversion passes): their sizes are supported and
+    the tile is whole vectors of the FFT module's width."""
+    return simd.supports_size(g.spectral.size) and g.tile % g.vector_width == 0
+
+
+def image_scratch_bytes(g: FftGeometry) -> int:
+    """The direct transforms' complex scratch: one image per thread."""
+    return 8 * g.spectral.complex_elements * default_threads()
+
+
 def mac_source(layer: Conv, geometry: FftGeometry) -> str:
     g = geometry
     sb, jr = g.register_block
@@ -215,11 +229,12 @@ class SpectralLayout:
                 source, f"spectral layout {self.planes}x{self.plane} / {self.tile}")
         return self._modules[key]
 
-    def prepare(self, *scale_denominators: int) -> None:
-        """Compile the converters that will be needed (to planar with these scalings, back)."""
+    def prepare(self, *scale_denominators: int, back: bool = True) -> None:
+        """Compile the converters that will be needed (to planar with these scalings; back)."""
         for d in scale_denominators:
             self._module(True, d)
-        self._module(False, 1)
+        if back:
+            self._module(False, 1)
 
     def to_planar(self, spec: np.ndarray, planar: np.ndarray, scale_denominator: int = 1) -> None:
         """Complex ``(maps, …)`` into tiled planar ``(…, maps, 2, T)``, divided by the given
@@ -252,15 +267,19 @@ class FftStep:
         self.flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1, ::-1])
         self.bias = b.reshape(1, -1, 1, 1, 1)
         self.volume = math.prod(g.spectral.size)
+        # Images straight to and from the MAC's layout by the SIMD FFTs (no complex spectra).
+        self.direct = direct_transforms(g)
         self.layout = SpectralLayout(g.spectral.size[0], g.plane, g.tile, threads)
         if g.fused:
-            self.layout.prepare(1)
+            if not self.direct:
+                self.layout.prepare(1)
             self.kernel_layout = SpectralLayout(1, g.plane, g.tile, threads)
             self.kernel_layout.prepare(1)
             table = dft_table(g.spectral.size[0], g.kz)
             self.dft = np.ascontiguousarray(table / np.float32(self.volume))
         else:
-            self.layout.prepare(1, self.volume)
+            self.layout.prepare(*(() if self.direct else (1,)), self.volume,
+                                back=not self.direct)
 
     def _kernels(self, j0: int, i0: int, buffers: dict[str, np.ndarray]) -> np.ndarray:
         """The MAC's kernel data for the block at (j0, i0): x/y-transformed planes (fused) or
@@ -293,10 +312,14 @@ class FftStep:
         stop = (n[0], n[1], n[2])
 
         # Stage 1: input spectra, tiled planar.
-        spec = forward(x.reshape(s * f, *n), g.spectral, threads, self.pruned)
         planar_in = g.planar(s * f)
-        self.layout.to_planar(spec, planar_in)
-        del spec
+        if self.direct:
+            simd.forward3d(x.reshape(s * f, *n), planar_in, g.spectral.size, threads,
+                           self.pruned, tile=g.tile)
+        else:
+            spec = forward(x.reshape(s * f, *n), g.spectral, threads, self.pruned)
+            self.layout.to_planar(spec, planar_in)
+            del spec
 
         pairs = g.out_chunk * g.in_block
         buffers = ({"planar": g.kernel_planes(pairs)} if g.fused else
@@ -317,12 +340,16 @@ class FftStep:
             if j0 == chunks[-1]:
                 del planar_in, buffers  # stage 3 of the last chunk is leaner
             # Stage 3: inverse transforms of the chunk, crop, bias, activation.
-            spec_out = g.spectral.buffer(s * g.out_chunk)
-            self.layout.from_planar(planar_out, spec_out)
-            del planar_out
             dst = out[:, j0:j0 + g.out_chunk]
-            inverse_cropped(spec_out, g.spectral, start, stop, threads, out=dst)
-            del spec_out
+            if self.direct:
+                simd.inverse3d(planar_out, dst, g.spectral.size, start, stop, threads,
+                               tile=g.tile)
+            else:
+                spec_out = g.spectral.buffer(s * g.out_chunk)
+                self.layout.from_planar(planar_out, spec_out)
+                del planar_out
+                inverse_cropped(spec_out, g.spectral, start, stop, threads, out=dst)
+                del spec_out
             np.add(dst, self.bias[:, j0:j0 + g.out_chunk], out=dst)
             apply(layer.activation, dst)
 
@@ -415,8 +442,11 @@ class FftConv:
             # that stream does not overlap: measured (S = 16, 80 maps, 50³) compute + traffic
             # at a third of the copy bandwidth; S = 2 (little traffic) matched compute alone.
             mac = compute + MAC_STREAM_PENALTY * traffic / device.bandwidth
-        streaming = (16 * g.nfp * (s * f + 2 * s * fo)  # to/from planar, zero fills
-                     + 3 * tensor_bytes(out))           # crop copy, bias, activation
+        if direct_transforms(g):  # images straight to/from planar, crop in the inverse
+            streaming = 16 * g.nfp * s * fo + 2 * tensor_bytes(out)  # zero fill, bias, act.
+        else:
+            streaming = (16 * g.nfp * (s * f + 2 * s * fo)  # to/from planar, zero fills
+                         + 3 * tensor_bytes(out))           # crop copy, bias, activation
         return (transforms + mac + streaming / device.bandwidth
                 + self._fresh_bytes(layer, shape_in, g) / device.fresh_rate)
 
@@ -424,16 +454,19 @@ class FftConv:
         """Bytes :meth:`FftStep.run` allocates and first touches: the output tensor, and per
         pass of samples the input spectra (complex + tiled planar), the kernel buffers (for
         the fused MAC the x/y passes' buffers once per block), and per output chunk its
-        planar and complex spectra."""
+        planar and complex spectra (none with direct transforms: their per-thread image
+        scratch is reused)."""
         s, f, fo, k = g.samples, shape_in[1], layer.out_channels, layer.kernel
-        ntilde, c8 = g.spectral.complex_elements, 8
+        c8 = 8
+        ntilde = 0 if direct_transforms(g) else g.spectral.complex_elements
+        kernel_ntilde = g.spectral.complex_elements
         pairs = g.out_chunk * g.in_block
         blocks = -(-fo // g.out_chunk) * -(-f // g.in_block)
         if g.fused:
             kernels = (c8 * pairs * k[0] * g.tiles_per_plane * g.tile
                        + blocks * xy_pass_bytes(pairs, k, g.spectral))
         else:
-            kernels = c8 * pairs * (ntilde + g.nfp)
+            kernels = c8 * pairs * (kernel_ntilde + g.nfp)
         per_pass = (c8 * s * f * (ntilde + g.nfp) + kernels
                     + -(-fo // g.out_chunk) * c8 * s * g.out_chunk * (g.nfp + ntilde))
         return tensor_bytes(conv_output_shape(layer, shape_in)) + -(-shape_in[0] // s) * per_pass
@@ -445,7 +478,9 @@ class FftConv:
         one chunk of planar output spectra + the block's kernel data (fused: x/y-transformed
         planes, their buffers and planar copy; else complex spectra + planar copy).
         Stage 3: the chunk's planar and complex output spectra (+ planar inputs while more
-        chunks follow). The output tensor is allocated first and held throughout.
+        chunks follow). Direct transforms (:func:`direct_transforms`) make no complex image
+        spectra, only one image of scratch per thread. The output tensor is allocated first
+        and held throughout.
         """
         assert isinstance(layer, Conv)
         layer = undilated(layer)
@@ -460,10 +495,12 @@ class FftConv:
             kernels = blocks * _fused_pair_bytes(layer.kernel, g.spectral, g.vector_width)
         else:  # complex kernel spectra + their tiled planar copy
             kernels = c8 * blocks * (ntilde + g.nfp)
-        stage1 = c8 * s * f * ntilde + planar_in
+        images = image_scratch_bytes(g) if direct_transforms(g) else c8 * s * f * ntilde
+        outputs = image_scratch_bytes(g) if direct_transforms(g) else c8 * s * g.out_chunk * ntilde
+        stage1 = images + planar_in
         stage2 = planar_in + planar_chunk + kernels
         more_chunks = layer.out_channels > g.out_chunk
-        stage3 = planar_chunk + c8 * s * g.out_chunk * ntilde + (planar_in if more_chunks else 0)
+        stage3 = planar_chunk + outputs + (planar_in if more_chunks else 0)
         held = tensor_bytes(shape_in) + tensor_bytes(conv_output_shape(layer, shape_in))
         weights = FLOAT_BYTES * (layer.out_channels * layer.in_channels * math.prod(layer.kernel)
                                  + layer.out_channels)
