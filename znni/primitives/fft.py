@@ -495,8 +495,9 @@ class FftConv:
             kernels = blocks * _fused_pair_bytes(layer.kernel, g.spectral, g.vector_width)
         else:  # complex kernel spectra + their tiled planar copy
             kernels = c8 * blocks * (ntilde + g.nfp)
-        images = image_scratch_bytes(g) if direct_transforms(g) else c8 * s * f * ntilde
-        outputs = image_scratch_bytes(g) if direct_transforms(g) else c8 * s * g.out_chunk * ntilde
+        direct = direct_transforms(g)
+        images = image_scratch_bytes(g) if direct else c8 * s * f * ntilde
+        outputs = image_scratch_bytes(g) if direct else c8 * s * g.out_chunk * ntilde
         stage1 = images + planar_in
         stage2 = planar_in + planar_chunk + kernels
         more_chunks = layer.out_channels > g.out_chunk
