@@ -68,6 +68,21 @@ def test_direct_conv_single_thread_equals_multi_thread(rng) -> None:
     np.testing.assert_array_equal(run_direct(layer, x, w, b, 1), run_direct(layer, x, w, b, 2))
 
 
+@pytest.mark.parametrize("name", ["direct", "winograd-f4", "fft-pruned"])
+def test_a_step_writes_into_the_callers_buffer_and_refuses_a_wrong_one(name, rng) -> None:
+    """In-place layers hand every pass the same output buffer (its pages fault once)."""
+    layer = Conv(3, 4, (3, 3, 3), "relu")
+    x, w, b = random_layer_data(rng, 2, 3, 4, (3, 3, 3), (7, 8, 9))
+    step = PRIMITIVES[name].prepare(0, layer, x.shape, (w, b), 2)
+    buf = padded_empty(x.shape, step.input_slack)
+    buf[...] = x
+    out = np.full((2, 4, 5, 6, 7), np.nan, np.float32)
+    assert step.run(buf, 0, out) is out
+    assert relative_error(out, conv_reference(x, w, b, "relu")) < 1e-5
+    with pytest.raises(ValueError, match="C-contiguous float32 array of shape"):
+        step.run(buf, 0, np.empty((2, 4, 5, 6, 8), np.float32))
+
+
 @pytest.mark.parametrize("batch,fi,fo,shape,act", [
     (2, 3, 5, (5, 6, 7), "relu"),       # odd sizes: last tiles half outside
     (1, 16, 17, (7, 7, 7), "linear"),   # output maps not a multiple of the block

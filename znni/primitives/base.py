@@ -32,11 +32,13 @@ class Memory:
 
 class Step(Protocol):
     """A layer ready to run on one shape: ``run(x, out_slack)`` consumes ``x`` (which has at
-    least ``input_slack`` floats of readable memory past its end) and returns the output."""
+    least ``input_slack`` floats of readable memory past its end) and returns the output, in
+    ``out`` where the caller passes one (see :func:`output_buffer`)."""
 
     input_slack: int
 
-    def run(self, x: np.ndarray, out_slack: int) -> np.ndarray: ...
+    def run(self, x: np.ndarray, out_slack: int,
+            out: np.ndarray | None = None) -> np.ndarray: ...
 
 
 class Primitive(Protocol):
@@ -63,6 +65,23 @@ def padded_empty(shape: tuple[int, ...], slack: int) -> np.ndarray:
     size = int(np.prod(shape))
     flat = np.empty(size + max(0, slack), dtype=np.float32)
     return flat[:size].reshape(shape)
+
+
+def output_buffer(shape: tuple[int, ...], slack: int, out: np.ndarray | None) -> np.ndarray:
+    """Where a step writes its output: the caller's ``out`` or a fresh padded array.
+
+    A fresh array of this size is a fresh ``mmap``: every page faults and is zeroed by the
+    kernel on first touch, which took 14–28 % of a Winograd layer here (perf: clear_page). A
+    layer run in passes (in_place) hands each pass the same buffer, so only the first pass
+    pays that. ``out`` must be exactly the output (C-contiguous float32 of ``shape``; its slack
+    is the caller's business).
+    """
+    if out is None:
+        return padded_empty(shape, slack)
+    if out.shape != tuple(shape) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"output buffer {out.shape} {out.dtype} is not a C-contiguous "
+                         f"float32 array of shape {tuple(shape)}")
+    return out
 
 
 def release_tail(buffer: np.ndarray, keep: int) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from ..codegen.loader import KernelModule, default_toolchain, load_kernel
 from ..codegen.render import render
 from ..spec import Conv, Layer, Shape5, Vec3
-from .base import FLOAT_BYTES, Memory, padded_empty, tensor_bytes
+from .base import FLOAT_BYTES, Memory, output_buffer, tensor_bytes
 
 if TYPE_CHECKING:
     from ..hardware import Device
@@ -134,11 +134,12 @@ class ConvStep:
         self.threads = threads
         self.input_slack = module.input_slack
 
-    def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
+    def run(self, x: np.ndarray, out_slack: int,
+            out: np.ndarray | None = None) -> np.ndarray:
         if x.shape[1:] != self.shape_in[1:]:
             raise ValueError(f"conv compiled for {self.shape_in[1:]}, got {x.shape[1:]}")
-        out = padded_empty(conv_output_shape(self.layer, (x.shape[0], *self.shape_in[1:])),
-                           out_slack)
+        out = output_buffer(conv_output_shape(self.layer, (x.shape[0], *self.shape_in[1:])),
+                            out_slack, out)
         self.module.forward(x, out, self.threads, self.weights, self.bias)
         return out
 

@@ -46,7 +46,7 @@ from ..fft.pruned import (
 )
 from ..fft.sizes import fft_size
 from ..spec import Conv, Layer, Shape5
-from .base import FLOAT_BYTES, Memory, padded_empty, tensor_bytes
+from .base import FLOAT_BYTES, Memory, output_buffer, tensor_bytes
 from .direct import conv_output_shape
 
 if TYPE_CHECKING:
@@ -294,10 +294,11 @@ class FftStep:
         self.layout.to_planar(buffers["spectra"], buffers["planar"], self.volume)
         return buffers["planar"]
 
-    def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
+    def run(self, x: np.ndarray, out_slack: int,
+            out: np.ndarray | None = None) -> np.ndarray:
         if x.shape[1:] != self.shape_in[1:]:
             raise ValueError(f"FFT conv prepared for {self.shape_in[1:]}, got {x.shape[1:]}")
-        out = padded_empty(conv_output_shape(self.layer, x.shape), out_slack)
+        out = output_buffer(conv_output_shape(self.layer, x.shape), out_slack, out)
         step = self.geometry.samples
         for s0 in range(0, x.shape[0], step):
             self._run_samples(x[s0:s0 + step], out[s0:s0 + step])
@@ -326,9 +327,12 @@ class FftStep:
                    {"planar": g.planar(pairs), "spectra": g.spectral.buffer(pairs)})
         extra = self.dft if g.fused else None
         chunks = range(0, fo, g.out_chunk)
+        # With direct transforms one output spectra buffer serves every chunk (its pages
+        # fault once); through FFTW passes it is freed before each chunk's inverse instead.
+        reused = g.planar(s * g.out_chunk) if self.direct else None
         for j0 in chunks:
             # Stage 2: accumulate this chunk's output spectra over all input maps.
-            planar_out = g.planar(s * g.out_chunk)
+            planar_out = g.planar(s * g.out_chunk) if reused is None else reused
             planar_out.fill(0)
             for i0 in range(0, f, g.in_block):
                 kernels = self._kernels(j0, i0, buffers)
@@ -454,8 +458,8 @@ class FftConv:
         """Bytes :meth:`FftStep.run` allocates and first touches: the output tensor, and per
         pass of samples the input spectra (complex + tiled planar), the kernel buffers (for
         the fused MAC the x/y passes' buffers once per block), and per output chunk its
-        planar and complex spectra (none with direct transforms: their per-thread image
-        scratch is reused)."""
+        planar and complex spectra (with direct transforms: one planar buffer for all
+        chunks, no complex spectra, the per-thread image scratch reused)."""
         s, f, fo, k = g.samples, shape_in[1], layer.out_channels, layer.kernel
         c8 = 8
         ntilde = 0 if direct_transforms(g) else g.spectral.complex_elements
@@ -467,8 +471,9 @@ class FftConv:
                        + blocks * xy_pass_bytes(pairs, k, g.spectral))
         else:
             kernels = c8 * pairs * (kernel_ntilde + g.nfp)
+        chunk_buffers = 1 if direct_transforms(g) else -(-fo // g.out_chunk)
         per_pass = (c8 * s * f * (ntilde + g.nfp) + kernels
-                    + -(-fo // g.out_chunk) * c8 * s * g.out_chunk * (g.nfp + ntilde))
+                    + chunk_buffers * c8 * s * g.out_chunk * (g.nfp + ntilde))
         return tensor_bytes(conv_output_shape(layer, shape_in)) + -(-shape_in[0] // s) * per_pass
 
     def memory(self, layer: Layer, shape_in: Shape5) -> Memory:

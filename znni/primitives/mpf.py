@@ -17,7 +17,7 @@ import numpy as np
 from ..codegen.loader import KernelModule, load_kernel
 from ..codegen.render import render
 from ..spec import Layer, Pool, Shape5, Vec3
-from .base import Memory, padded_empty, tensor_bytes
+from .base import Memory, output_buffer, tensor_bytes
 
 if TYPE_CHECKING:
     from ..hardware import Device
@@ -48,10 +48,11 @@ class PoolStep:
         self.module, self.layer, self.shape_in, self.threads = module, layer, shape_in, threads
         self.output_shape = output_shape
 
-    def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
+    def run(self, x: np.ndarray, out_slack: int,
+            out: np.ndarray | None = None) -> np.ndarray:
         if x.shape[1:] != self.shape_in[1:]:
             raise ValueError(f"pool kernel compiled for {self.shape_in[1:]}, got {x.shape[1:]}")
-        out = padded_empty(self.output_shape(self.layer, x.shape), out_slack)
+        out = output_buffer(self.output_shape(self.layer, x.shape), out_slack, out)
         self.module.forward(x, out, self.threads)
         return out
 

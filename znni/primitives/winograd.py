@@ -33,8 +33,11 @@ if TYPE_CHECKING:
 
 #: SIMD registers kept for accumulators (of 32 with AVX-512, 16 with AVX2).
 _ACC_REGISTERS = {16: 24, 8: 12, 4: 12}
-#: Vectors of tiles per task: two amortise each weight broadcast over two FMAs.
-_XV = 2
+#: Vectors of tiles per task. One: a task's transformed patches and products then stay near
+#: L2 size (P·FI·V floats each; 1.1 MB for F(4³), 80 maps, AVX-512), where two spilled to L3
+#: and lost more than a broadcast per FMA costs (Zen 4, n337's layers: 1.2–1.46× faster with
+#: blocks of 1×20 than 2×10, bench/results/winograd.md).
+_XV = 1
 #: FLOP-equivalents (at the direct kernel's rate) of gathering and transforming one position
 #: of one tile's patch of one input map (measured: 26 % of an n337 layer, 80→80 maps, 35³
 #: images, F(2³): 6000 per 64 positions).

@@ -44,7 +44,7 @@ from ..codegen.render import TEMPLATE_DIR, render
 from ..errors import ZnniError
 from ..planner.gpu_plan import GpuLayerPlan
 from ..planner.plan import Plan
-from ..primitives.base import Step, padded_empty, tensor_bytes
+from ..primitives.base import Step, output_buffer, tensor_bytes
 from ..primitives.gpu import (
     Split,
     gpu_primitive,
@@ -316,8 +316,9 @@ class DeviceChain:
                           0 if w is None else self.dev.resident(w),
                           0 if b is None else self.dev.resident(b))
 
-    def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
-        out = padded_empty(self.out_shape, out_slack)
+    def run(self, x: np.ndarray, out_slack: int,
+            out: np.ndarray | None = None) -> np.ndarray:
+        out = output_buffer(self.out_shape, out_slack, out)
         per_out = self.out_shape[0] // self.total
         passes = [(first, min(self.sub, self.total - first))
                   for first in range(0, self.total, self.sub)]
@@ -411,8 +412,9 @@ class MapChunkStep:
             return replace(self.layer, in_channels=ins[1] - ins[0], out_channels=out[1] - out[0])
         return replace(self.layer, channels=ins[1] - ins[0])
 
-    def run(self, x: np.ndarray, out_slack: int) -> np.ndarray:
-        out = padded_empty(output_shape(self.layer, x.shape), out_slack)
+    def run(self, x: np.ndarray, out_slack: int,
+            out: np.ndarray | None = None) -> np.ndarray:
+        out = output_buffer(output_shape(self.layer, x.shape), out_slack, out)
         per_item = out.shape[0] // x.shape[0]  # MPF fragments per sample
         g = 0
         with self.rt.pinned(x, out):
