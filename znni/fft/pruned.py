@@ -21,12 +21,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import simd
 from .fftw import aligned_empty
 from .simd import transform
+
+if TYPE_CHECKING:
+    from ..scratch import Scratch
 
 
 @dataclass(frozen=True)
@@ -77,20 +81,26 @@ def _pruned_dft(x: np.ndarray, n: int, out: np.ndarray, threads: int) -> None:
     module.forward(x.view(np.float32), out.view(np.float32), threads, dft_table(n, a))
 
 
-def xy_passes(x: np.ndarray, shape: SpectralShape, threads: int) -> np.ndarray:
+def xy_passes(x: np.ndarray, shape: SpectralShape, threads: int,
+              scratch: Scratch | None = None) -> np.ndarray:
     """Pruned x (FFTW r2c on the non-zero rows) and y (pruned DFT) passes of real ``x``
     ``(B, a, b, c)``: the ``a`` non-zero planes of the spectrum before its z pass,
-    ``(B, a, N1, half)``."""
+    ``(B, a, N1, half)``. With ``scratch`` its buffers (the planes included) are reused
+    from call to call."""
     batch, a, b, c = x.shape
     n1, n2 = shape.size[1], shape.size[2]
     half = shape.half
-    rows = aligned_empty((batch, a, b, n2), np.float32)
+
+    def empty(dims: tuple[int, ...], dtype: type, name: str) -> np.ndarray:
+        return aligned_empty(dims, dtype) if scratch is None else scratch.empty(name, dims, dtype)
+
+    rows = empty((batch, a, b, n2), np.float32, "xy rows")
     rows[..., :c] = x
     rows[..., c:] = 0
-    line = aligned_empty((batch, a, b, half), np.complex64)
+    line = empty((batch, a, b, half), np.complex64, "xy line")
     transform("r2c", rows, line, 3, threads)
     del rows
-    planes = aligned_empty((batch, a, n1, half), np.complex64)
+    planes = empty((batch, a, n1, half), np.complex64, "xy planes")
     _pruned_dft(line.reshape(batch * a, b, half), n1, planes.reshape(batch * a, n1, half), threads)
     return planes
 

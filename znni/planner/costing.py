@@ -33,8 +33,8 @@ class CostModel:
         # an in-place layer's passes reuse buffers freed a moment before, partly
         pass_seconds, source = self._pass_seconds(lp.primitive, layer, shape, lp.in_place > 0)
         if lp.in_place:
-            return in_place.seconds(pass_seconds, layer, lp.input_shape, lp.in_place,
-                                    self.device), source
+            return in_place.seconds(PRIMITIVES[lp.primitive], pass_seconds, layer,
+                                    lp.input_shape, lp.in_place, self.device), source
         return pass_seconds, source
 
     def _pass_seconds(self, name: str, layer: Layer, shape: Shape5,

@@ -332,8 +332,8 @@ def measure_layers(net: Network, plan: Plan, costs: CostModel, records: TuningRe
             shape = timed_shape(lp, shapes.layer)
             primitive = PRIMITIVES[lp.primitive]
             pass_seconds = primitive.estimate(shapes.layer, shape, costs.device)
-            total = (in_place.seconds(pass_seconds, shapes.layer, lp.input_shape, lp.in_place,
-                                      costs.device) if lp.in_place else pass_seconds)
+            total = (in_place.seconds(primitive, pass_seconds, shapes.layer, lp.input_shape,
+                                      lp.in_place, costs.device) if lp.in_place else pass_seconds)
             # the record's model: as timed, on refilled pages (its ratio corrects the model)
             as_timed = primitive.estimate(shapes.layer, shape, costs.device.refilling())
             modelled[(lp.primitive, shape)] = (total, as_timed, _way(lp) == _way(picked))

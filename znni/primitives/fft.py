@@ -45,6 +45,7 @@ from ..fft.pruned import (
     xy_passes,
 )
 from ..fft.sizes import fft_size
+from ..scratch import Scratch
 from ..spec import Conv, Layer, Shape5
 from .base import FLOAT_BYTES, Memory, output_buffer, tensor_bytes
 from .direct import conv_output_shape
@@ -140,13 +141,18 @@ class FftGeometry:
         """(samples, output maps) of accumulators: 2·SB·JR of 32 vector registers (16, AVX2)."""
         return (2 if self.vector_width == 16 else 1), _largest_divisor(self.out_chunk, 4)
 
-    def planar(self, maps: int) -> np.ndarray:
-        """An uninitialised tiled planar spectra array ``(planes·tiles, maps, 2, T)``."""
-        return np.empty((self.nfp // self.tile, maps, 2, self.tile), np.float32)
+    def planar(self, maps: int, scratch: Scratch | None = None,
+               name: str = "") -> np.ndarray:
+        """An uninitialised tiled planar spectra array ``(planes·tiles, maps, 2, T)`` (in
+        ``scratch``'s buffer ``name`` where given)."""
+        shape = (self.nfp // self.tile, maps, 2, self.tile)
+        return np.empty(shape, np.float32) if scratch is None else scratch.empty(name, shape)
 
-    def kernel_planes(self, pairs: int) -> np.ndarray:
+    def kernel_planes(self, pairs: int, scratch: Scratch | None) -> np.ndarray:
         """The fused MAC's tiled planar kernel planes ``(tiles per plane, pairs·kz, 2, T)``."""
-        return np.empty((self.tiles_per_plane, pairs * self.kz, 2, self.tile), np.float32)
+        shape = (self.tiles_per_plane, pairs * self.kz, 2, self.tile)
+        return np.empty(shape, np.float32) if scratch is None else scratch.empty(
+            "kernel planes", shape)
 
 
 #: The planner asks for the same geometries many times (every cost and memory query).
@@ -262,6 +268,7 @@ class FftStep:
         self.geometry = g = geometry
         self.pruned = pruned
         self.threads = threads
+        self.scratch = Scratch()  # held by an in-place layer across its passes
         w, b = weights
         # Correlation = convolution with the flipped kernel; 1/N folds the inverse's scaling.
         self.flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1, ::-1])
@@ -287,7 +294,8 @@ class FftStep:
         g, k = self.geometry, self.layer.kernel
         block = self.flipped[j0:j0 + g.out_chunk, i0:i0 + g.in_block].reshape(-1, *k)
         if g.fused:
-            planes = xy_passes(block, g.spectral, self.threads)
+            planes = xy_passes(block, g.spectral, self.threads,
+                               self.scratch if self.direct else None)
             self.kernel_layout.to_planar(planes, buffers["planar"])
             return buffers["planar"]
         forward(block, g.spectral, self.threads, self.pruned, out=buffers["spectra"])
@@ -302,6 +310,7 @@ class FftStep:
         step = self.geometry.samples
         for s0 in range(0, x.shape[0], step):
             self._run_samples(x[s0:s0 + step], out[s0:s0 + step])
+        self.scratch.release()
         return out
 
     def _run_samples(self, x: np.ndarray, out: np.ndarray) -> None:
@@ -313,7 +322,10 @@ class FftStep:
         stop = (n[0], n[1], n[2])
 
         # Stage 1: input spectra, tiled planar.
-        planar_in = g.planar(s * f)
+        # Direct transforms keep the spectra in scratch (reused by the next pass of samples);
+        # FFTW passes free them as soon as they can, for their larger complex spectra.
+        scratch = self.scratch if self.direct else None
+        planar_in = g.planar(s * f, scratch, "planar in")
         if self.direct:
             simd.forward3d(x.reshape(s * f, *n), planar_in, g.spectral.size, threads,
                            self.pruned, tile=g.tile)
@@ -323,16 +335,13 @@ class FftStep:
             del spec
 
         pairs = g.out_chunk * g.in_block
-        buffers = ({"planar": g.kernel_planes(pairs)} if g.fused else
+        buffers = ({"planar": g.kernel_planes(pairs, scratch)} if g.fused else
                    {"planar": g.planar(pairs), "spectra": g.spectral.buffer(pairs)})
         extra = self.dft if g.fused else None
         chunks = range(0, fo, g.out_chunk)
-        # With direct transforms one output spectra buffer serves every chunk (its pages
-        # fault once); through FFTW passes it is freed before each chunk's inverse instead.
-        reused = g.planar(s * g.out_chunk) if self.direct else None
         for j0 in chunks:
             # Stage 2: accumulate this chunk's output spectra over all input maps.
-            planar_out = g.planar(s * g.out_chunk) if reused is None else reused
+            planar_out = g.planar(s * g.out_chunk, scratch, "planar out")
             planar_out.fill(0)
             for i0 in range(0, f, g.in_block):
                 kernels = self._kernels(j0, i0, buffers)
@@ -341,8 +350,8 @@ class FftStep:
                 self.module.forward(planar_in.reshape(-1)[i0 * 2 * g.tile:], planar_out,
                                     threads, kernels, extra, batch=s)
                 del kernels
-            if j0 == chunks[-1]:
-                del planar_in, buffers  # stage 3 of the last chunk is leaner
+            if j0 == chunks[-1]:  # stage 3 of the last chunk is leaner (but for scratch)
+                del planar_in, buffers
             # Stage 3: inverse transforms of the chunk, crop, bias, activation.
             dst = out[:, j0:j0 + g.out_chunk]
             if self.direct:
@@ -455,26 +464,47 @@ class FftConv:
                 + self._fresh_bytes(layer, shape_in, g) / device.fresh_rate)
 
     def _fresh_bytes(self, layer: Conv, shape_in: Shape5, g: FftGeometry) -> int:
-        """Bytes :meth:`FftStep.run` allocates and first touches: the output tensor, and per
-        pass of samples the input spectra (complex + tiled planar), the kernel buffers (for
-        the fused MAC the x/y passes' buffers once per block), and per output chunk its
-        planar and complex spectra (with direct transforms: one planar buffer for all
-        chunks, no complex spectra, the per-thread image scratch reused)."""
+        """Bytes :meth:`FftStep.run` allocates and first touches: the output tensor, and
+        - with direct transforms, its scratch (:meth:`scratch_bytes`) once: passes of
+          samples, output chunks and kernel blocks reuse it;
+        - else per pass of samples the input spectra (complex + tiled planar), the kernel
+          buffers (for the fused MAC the x/y passes' buffers once per block), and per output
+          chunk its planar and complex spectra."""
+        out = tensor_bytes(conv_output_shape(layer, shape_in))
+        if direct_transforms(g):
+            return out + self.scratch_bytes(layer, shape_in)
         s, f, fo, k = g.samples, shape_in[1], layer.out_channels, layer.kernel
         c8 = 8
-        ntilde = 0 if direct_transforms(g) else g.spectral.complex_elements
-        kernel_ntilde = g.spectral.complex_elements
+        ntilde = g.spectral.complex_elements
         pairs = g.out_chunk * g.in_block
         blocks = -(-fo // g.out_chunk) * -(-f // g.in_block)
         if g.fused:
             kernels = (c8 * pairs * k[0] * g.tiles_per_plane * g.tile
                        + blocks * xy_pass_bytes(pairs, k, g.spectral))
         else:
-            kernels = c8 * pairs * (kernel_ntilde + g.nfp)
-        chunk_buffers = 1 if direct_transforms(g) else -(-fo // g.out_chunk)
+            kernels = c8 * pairs * (ntilde + g.nfp)
         per_pass = (c8 * s * f * (ntilde + g.nfp) + kernels
-                    + chunk_buffers * c8 * s * g.out_chunk * (g.nfp + ntilde))
-        return tensor_bytes(conv_output_shape(layer, shape_in)) + -(-shape_in[0] // s) * per_pass
+                    + -(-fo // g.out_chunk) * c8 * s * g.out_chunk * (g.nfp + ntilde))
+        return out + -(-shape_in[0] // s) * per_pass
+
+    def scratch_bytes(self, layer: Layer, shape_in: Shape5) -> int:
+        """Bytes of :class:`Scratch` a step keeps while held (direct transforms: planar input
+        spectra, one chunk of planar output spectra and the kernel blocks' buffers; FFTW
+        passes keep none), which an in-place layer's later passes reuse."""
+        assert isinstance(layer, Conv)
+        layer = undilated(layer)
+        g = self._geometry(layer, shape_in)
+        if not direct_transforms(g):
+            return 0
+        return 8 * g.samples * (shape_in[1] + g.out_chunk) * g.nfp + self._kernel_bytes(layer, g)
+
+    def _kernel_bytes(self, layer: Conv, g: FftGeometry) -> int:
+        """One block's kernel data: fused, the x/y passes' buffers and planes and their tiled
+        planar copy; else complex spectra and their tiled planar copy."""
+        blocks = g.out_chunk * g.in_block
+        if g.fused:
+            return blocks * _fused_pair_bytes(layer.kernel, g.spectral, g.vector_width)
+        return 8 * blocks * (g.spectral.complex_elements + g.nfp)
 
     def memory(self, layer: Layer, shape_in: Shape5) -> Memory:
         """Exact buffer accounting of :meth:`FftStep.run` (the input is held by the caller).
@@ -484,8 +514,9 @@ class FftConv:
         planes, their buffers and planar copy; else complex spectra + planar copy).
         Stage 3: the chunk's planar and complex output spectra (+ planar inputs while more
         chunks follow). Direct transforms (:func:`direct_transforms`) make no complex image
-        spectra, only one image of scratch per thread. The output tensor is allocated first
-        and held throughout.
+        spectra, only one image of scratch per thread, and keep stage 2's buffers (in
+        :class:`Scratch`) through stage 3. The output tensor is allocated first and held
+        throughout.
         """
         assert isinstance(layer, Conv)
         layer = undilated(layer)
@@ -495,18 +526,17 @@ class FftConv:
         ntilde = g.spectral.complex_elements
         planar_in = c8 * s * f * g.nfp
         planar_chunk = c8 * s * g.out_chunk * g.nfp
-        blocks = g.out_chunk * g.in_block
-        if g.fused:  # tiled planar kernel planes + the x/y passes' buffers and planes
-            kernels = blocks * _fused_pair_bytes(layer.kernel, g.spectral, g.vector_width)
-        else:  # complex kernel spectra + their tiled planar copy
-            kernels = c8 * blocks * (ntilde + g.nfp)
+        kernels = self._kernel_bytes(layer, g)
         direct = direct_transforms(g)
         images = image_scratch_bytes(g) if direct else c8 * s * f * ntilde
         outputs = image_scratch_bytes(g) if direct else c8 * s * g.out_chunk * ntilde
         stage1 = images + planar_in
         stage2 = planar_in + planar_chunk + kernels
         more_chunks = layer.out_channels > g.out_chunk
-        stage3 = planar_chunk + outputs + (planar_in if more_chunks else 0)
+        if direct:  # all in scratch, kept until the step returns
+            stage3 = stage2 + outputs
+        else:
+            stage3 = planar_chunk + outputs + (planar_in if more_chunks else 0)
         held = tensor_bytes(shape_in) + tensor_bytes(conv_output_shape(layer, shape_in))
         weights = FLOAT_BYTES * (layer.out_channels * layer.in_channels * math.prod(layer.kernel)
                                  + layer.out_channels)

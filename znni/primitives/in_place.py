@@ -22,10 +22,12 @@ The in-place form is chosen per layer by the planner (``LayerPlan.in_place``: un
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..scratch import Scratch
 from ..spec import Conv, Layer, Pool, Shape5
 from .base import Memory, Primitive, Step, release_tail, tensor_bytes
 from .direct import conv_output_shape
@@ -109,13 +111,16 @@ def overhead_seconds(layer: Layer, shape_in: Shape5, group: int, device: Device)
     return 2 * out / device.bandwidth
 
 
-def seconds(pass_seconds: float, layer: Layer, shape_in: Shape5, group: int,
-            device: Device) -> float:
-    """The layer's time from one full pass's time, which includes its output's first touch
-    at the passes' rate (:meth:`Device.passing`): the passes after the first reuse the first
-    one's output buffer and pay none."""
+def seconds(primitive: Primitive, pass_seconds: float, layer: Layer, shape_in: Shape5,
+            group: int, device: Device) -> float:
+    """The layer's time from one full pass's time, which includes the first touch of its
+    output and scratch at the passes' rate (:meth:`Device.passing`): the passes after the
+    first reuse the first one's buffers and pay none."""
     n = passes(layer, shape_in, group)
-    reused = (n - 1) * tensor_bytes(output_shape(layer, pass_shape(layer, shape_in, group)))
+    one = pass_shape(layer, shape_in, group)
+    scratch = getattr(primitive, "scratch_bytes", None)  # primitives that keep Scratch
+    reused = (n - 1) * (tensor_bytes(output_shape(layer, one))
+                        + (scratch(layer, one) if scratch else 0))
     return (n * (pass_seconds + PASS_SECONDS) - reused / device.passing().fresh_rate
             + overhead_seconds(layer, shape_in, group, device))
 
@@ -160,14 +165,17 @@ class InPlaceStep:
         unit_view = x.reshape(-1, 1, *x.shape[2:]) if pool else x
         n = unit_view.shape[0]
         per_unit = total // n
-        # One pass output for all passes: its pages fault once, not once per pass.
+        # One pass output for all passes, and the inner step's scratch held across them:
+        # their pages fault once, not once per pass.
         passes = np.empty(min(n, self.group) * per_unit, np.float32)
-        for u0 in range(0, n, self.group):
-            units_in = unit_view[u0:u0 + self.group]
-            part = passes[:units_in.shape[0] * per_unit].reshape(
-                output_shape(self.layer, units_in.shape))
-            self.inner.run(units_in, 0, part)
-            buffer[u0 * per_unit:u0 * per_unit + part.size] = part.reshape(-1)
+        scratch = getattr(self.inner, "scratch", None)
+        with scratch.held() if isinstance(scratch, Scratch) else nullcontext():
+            for u0 in range(0, n, self.group):
+                units_in = unit_view[u0:u0 + self.group]
+                part = passes[:units_in.shape[0] * per_unit].reshape(
+                    output_shape(self.layer, units_in.shape))
+                self.inner.run(units_in, 0, part)
+                buffer[u0 * per_unit:u0 * per_unit + part.size] = part.reshape(-1)
         del passes, part
         out = buffer[:total]
         release_tail(buffer, total + out_slack)
