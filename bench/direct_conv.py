@@ -1,6 +1,7 @@
 """Direct-conv kernel GFLOP/s on a network's conv layer shapes, against this machine's peak.
 
     python bench/direct_conv.py [--net n337] [--patch 64] [--threads 2] [--repeats 5]
+                                [--layers 0,2]
 
 Every conv layer of the net's plan at the given output patch runs on random data; reported:
 median seconds, GFLOP/s counting only useful FLOPs (2·S·f·f′·n′·k³), the fraction of the peak
@@ -31,7 +32,9 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=znni.config.default_threads())
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--layers", help="comma-separated layer indices (default: every conv)")
     args = parser.parse_args()
+    chosen = {int(i) for i in args.layers.split(",")} if args.layers else None
     net = znni.load(args.net).random_weights(0)
     plan = znni.make_plan(net, (args.patch,) * 3)
     peak = peak_flops(args.threads) / 1e9
@@ -41,7 +44,7 @@ def main() -> None:
     primitive = DirectConv()
     for lp in plan.layers:
         layer = net.layers[lp.index]
-        if not isinstance(layer, Conv):
+        if not isinstance(layer, Conv) or (chosen is not None and lp.index not in chosen):
             continue
         step = primitive.prepare(lp.index, layer, lp.input_shape, net.weights[lp.index],
                                  args.threads)
@@ -54,7 +57,7 @@ def main() -> None:
             step.run(x, 0)
             times.append(time.perf_counter() - start)
         seconds = statistics.median(times)
-        gflops = lp.flops / seconds / 1e9
+        gflops = primitive.flops(layer, lp.input_shape) / seconds / 1e9  # not the plan's
         useful = useful_fraction(layer, lp.input_shape)
         print(f"{lp.index:>5} {lp.input_shape[:3]!s:>24} {'x'.join(map(str, layer.kernel)):>7}"
               f" {seconds:8.3f} {gflops:8.1f} {100 * gflops / peak:6.0f}% {100 * useful:11.0f}%")
