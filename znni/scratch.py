@@ -53,3 +53,10 @@ class Scratch:
         finally:
             self._holders -= 1
             self.release()
+
+
+def scratch_or_fresh(scratch: Scratch | None, name: str, shape: tuple[int, ...],
+                     dtype: Any = np.float32) -> np.ndarray:
+    """``scratch``'s buffer ``name`` as ``shape``, or a fresh aligned array without one (for
+    callers whose buffers are kept only on some paths)."""
+    return aligned_empty(shape, dtype) if scratch is None else scratch.empty(name, shape, dtype)

@@ -90,17 +90,15 @@ def xy_passes(x: np.ndarray, shape: SpectralShape, threads: int,
     batch, a, b, c = x.shape
     n1, n2 = shape.size[1], shape.size[2]
     half = shape.half
+    from ..scratch import scratch_or_fresh  # here: znni.scratch imports this package
 
-    def empty(dims: tuple[int, ...], dtype: type, name: str) -> np.ndarray:
-        return aligned_empty(dims, dtype) if scratch is None else scratch.empty(name, dims, dtype)
-
-    rows = empty((batch, a, b, n2), np.float32, "xy rows")
+    rows = scratch_or_fresh(scratch, "xy rows", (batch, a, b, n2), np.float32)
     rows[..., :c] = x
     rows[..., c:] = 0
-    line = empty((batch, a, b, half), np.complex64, "xy line")
+    line = scratch_or_fresh(scratch, "xy line", (batch, a, b, half), np.complex64)
     transform("r2c", rows, line, 3, threads)
     del rows
-    planes = empty((batch, a, n1, half), np.complex64, "xy planes")
+    planes = scratch_or_fresh(scratch, "xy planes", (batch, a, n1, half), np.complex64)
     _pruned_dft(line.reshape(batch * a, b, half), n1, planes.reshape(batch * a, n1, half), threads)
     return planes
 

@@ -45,7 +45,7 @@ from ..fft.pruned import (
     xy_passes,
 )
 from ..fft.sizes import fft_size
-from ..scratch import Scratch
+from ..scratch import Scratch, scratch_or_fresh
 from ..spec import Conv, Layer, Shape5
 from .base import FLOAT_BYTES, Memory, output_buffer, tensor_bytes
 from .direct import conv_output_shape
@@ -145,14 +145,12 @@ class FftGeometry:
                name: str = "") -> np.ndarray:
         """An uninitialised tiled planar spectra array ``(planes·tiles, maps, 2, T)`` (in
         ``scratch``'s buffer ``name`` where given)."""
-        shape = (self.nfp // self.tile, maps, 2, self.tile)
-        return np.empty(shape, np.float32) if scratch is None else scratch.empty(name, shape)
+        return scratch_or_fresh(scratch, name, (self.nfp // self.tile, maps, 2, self.tile))
 
     def kernel_planes(self, pairs: int, scratch: Scratch | None) -> np.ndarray:
         """The fused MAC's tiled planar kernel planes ``(tiles per plane, pairs·kz, 2, T)``."""
-        shape = (self.tiles_per_plane, pairs * self.kz, 2, self.tile)
-        return np.empty(shape, np.float32) if scratch is None else scratch.empty(
-            "kernel planes", shape)
+        return scratch_or_fresh(scratch, "kernel planes",
+                                (self.tiles_per_plane, pairs * self.kz, 2, self.tile))
 
 
 #: The planner asks for the same geometries many times (every cost and memory query).
