@@ -27,7 +27,7 @@ import znni.config
 from znni.activations import apply
 from znni.planner import make_plan
 from znni.primitives import PRIMITIVES
-from znni.reference import _dilated_correlation
+from znni.reference import dilated_correlation
 from znni.spec import Conv
 
 NAMES = ("direct", "winograd", "winograd-f4")
@@ -39,7 +39,7 @@ def crop_error(out: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray,
     """max |out − reference| / max |reference| on sample 0's corner block of outputs."""
     c = [min(CROP, n - 2) for n in x.shape[2:]]
     xs = x[0, :, :c[0] + 2, :c[1] + 2, :c[2] + 2].astype(np.float64)
-    ref = apply(activation, _dilated_correlation(xs, w.astype(np.float64), [1, 1, 1])
+    ref = apply(activation, dilated_correlation(xs, w.astype(np.float64), [1, 1, 1])
                 + b[:, None, None, None])
     got = out[0, :, :c[0], :c[1], :c[2]]
     return float(np.abs(got - ref).max() / np.abs(ref).max())

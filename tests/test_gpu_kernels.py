@@ -22,7 +22,7 @@ from znni.primitives.gpu_kernels import (
 )
 from znni.primitives.max_filter import max_filter_output_shape
 from znni.primitives.mpf import mpf_output_shape
-from znni.reference import _dilated_correlation, _dilated_max_filter, forward
+from znni.reference import _dilated_max_filter, dilated_correlation, forward
 from znni.spec import Conv, Pool
 
 from .conftest import net_from_layers, random_volume, relative_error
@@ -93,7 +93,7 @@ def test_emulated_dilated_direct_equals_numpy(kernel, dilation, size, activation
     x = random_volume((2, 3, *size), seed=6)
     module = load_gpu_kernel(gpu_direct_source(layer, x.shape), "dilated direct test")
     wp, bp = pack_weights(w, b, direct_block(layer))
-    expected = np.stack([_dilated_correlation(xs.astype(np.float64), w.astype(np.float64),
+    expected = np.stack([dilated_correlation(xs.astype(np.float64), w.astype(np.float64),
                                               list(dilation)) + b[:, None, None, None]
                          for xs in x])
     act = {"relu": lambda v: np.maximum(v, 0), "linear": lambda v: v,

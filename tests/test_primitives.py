@@ -11,7 +11,7 @@ import pytest
 from znni.primitives import PRIMITIVES, DirectConv, MaxFilter, MaxPoolFragments
 from znni.primitives.base import padded_empty
 from znni.primitives.mpf import recombine
-from znni.reference import _dilated_correlation, _dilated_max_filter
+from znni.reference import _dilated_max_filter, dilated_correlation
 from znni.spec import Conv, Pool
 from znni.winograd_tiles import TILES
 
@@ -26,12 +26,12 @@ def random_layer_data(rng, batch, fi, fo, kernel, shape):
     return x, w, rng.standard_normal(fo).astype(np.float32)
 
 
-def conv_reference(x, w, b, act):
-    """float64 oracle: per-sample valid correlation + bias + activation."""
+def conv_reference(x, w, b, act, dilation=(1, 1, 1)):
+    """float64 oracle: per-sample valid (dilated) correlation + bias + activation."""
     acts = {"relu": lambda v: np.maximum(v, 0), "tanh": np.tanh, "linear": lambda v: v,
             "sigmoid": lambda v: 1 / (1 + np.exp(-v))}
-    return np.stack([acts[act](_dilated_correlation(xs.astype(np.float64), w.astype(np.float64),
-                                                    [1, 1, 1]) + b[:, None, None, None])
+    return np.stack([acts[act](dilated_correlation(xs.astype(np.float64), w.astype(np.float64),
+                                                    list(dilation)) + b[:, None, None, None])
                      for xs in x])
 
 
@@ -287,9 +287,6 @@ def test_fftw_wisdom_is_persisted_in_the_cache_dir(rng) -> None:
     assert path.parent == config.cache_dir() and path.stat().st_size > 0
 
 
-def _dilated_conv_reference(x, w, b, dilation):
-    return np.stack([_dilated_correlation(xs.astype(np.float64), w.astype(np.float64),
-                                          list(dilation)) + b[:, None, None, None] for xs in x])
 
 
 @pytest.mark.parametrize("primitive", ["direct", "fft-pruned", "fft-data"])
@@ -306,7 +303,7 @@ def test_dilated_convs_match_numpy(primitive, kernel, dilation, shape, rng) -> N
     step = PRIMITIVES[primitive].prepare(0, layer, x.shape, (w, b), 2)
     buf = padded_empty(x.shape, step.input_slack)
     buf[...] = x
-    assert relative_error(step.run(buf, 0), _dilated_conv_reference(x, w, b, dilation)) < 1e-5
+    assert relative_error(step.run(buf, 0), conv_reference(x, w, b, "linear", dilation)) < 1e-5
 
 
 @pytest.mark.parametrize("window,dilation,size", [((2, 2, 2), (1, 1, 1), (7, 9, 11)),

@@ -55,11 +55,11 @@ def test_reference_equals_per_window_definition() -> None:
 
 
 def test_fft_and_direct_correlation_paths_agree(rng) -> None:
-    from znni.reference import _dilated_correlation, _fft_correlation
+    from znni.reference import _fft_correlation, dilated_correlation
 
     x = rng.standard_normal((2, 19, 17, 21))
     w = rng.standard_normal((3, 2, 4, 2, 3))
     dil = [2, 3, 1]
-    direct = _dilated_correlation(x, w, dil)  # 24 taps: the direct loop
+    direct = dilated_correlation(x, w, dil)  # 24 taps: the direct loop
     fft = _fft_correlation(x, w, dil, list(direct.shape[1:]))
     np.testing.assert_allclose(fft, direct, atol=1e-10)

@@ -16,6 +16,7 @@ import znni
 from znni import cli
 from znni.planner.search import EFFORT_LEVELS
 from znni.planner.tuning import EFFORTS
+from znni.precision import PRECISIONS
 
 #: Packages whose import alone costs a large fraction of a second.
 HEAVY_PACKAGES = ("dask", "distributed", "matplotlib", "torch")
@@ -72,7 +73,8 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
     assert not hasattr(znni, "nonexistent")
 
 
-def test_cli_effort_choices_match_the_planner() -> None:
+def test_cli_effort_and_precision_choices_match_the_planner() -> None:
     # Literal copies in the CLI, so that building its options imports no planner.
     assert tuple(EFFORTS) == cli.TUNING_EFFORTS
     assert cli.EFFORT_LEVELS == EFFORT_LEVELS
+    assert cli.PRECISIONS == PRECISIONS

@@ -27,6 +27,7 @@ from .bundled import bundled_nets
 from .errors import ZnniError
 
 if TYPE_CHECKING:
+    from .graph import Graph
     from .spec import Network, Vec3
 
 EXIT_USER_ERROR = 2
@@ -35,6 +36,8 @@ EXIT_USER_ERROR = 2
 #: would import the planner); tests/test_startup.py checks that they agree.
 TUNING_EFFORTS = ("measure", "exhaustive")
 EFFORT_LEVELS = ("estimate", *TUNING_EFFORTS)
+#: ``--precision`` choices: a literal copy of ``znni.precision.PRECISIONS`` (checked likewise).
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConvPrimitive(click.ParamType):  # type: ignore[type-arg]  # generic in typeshed only
@@ -93,6 +96,28 @@ def _network(spec: str, weights: str | None, seed: int | None) -> Network:
     return net.random_weights(seed)
 
 
+def _graph(spec: str, weights: str | None, seed: int | None) -> Graph | None:
+    """The DAG network of a v2 spec (None for a v1 spec or a bundled name), with weights."""
+    path = Path(spec)
+    if not path.is_file():
+        return None
+    from .errors import SpecError
+    from .spec import parse_json, read_text
+
+    hint = "fix the JSON syntax (docs/design.md §2)"
+    data = parse_json(read_text(path, "network spec", SpecError, hint), spec, SpecError, hint)
+    if not isinstance(data, dict) or "nodes" not in data:
+        return None
+    if (weights is None) == (seed is None):
+        raise ZnniError("give exactly one of --weights W.npz or --random-weights SEED",
+                        "trained weights come from --weights; benchmarks use --random-weights")
+    from .graph import load_graph
+
+    graph = load_graph(data)
+    return graph.with_weights(weights) if weights is not None else graph.random_weights(
+        seed or 0)
+
+
 def _write_atomic(path: str, write: Callable[[Any], None], suffix: str) -> None:
     """Write via a temporary file and rename: a failed run never clobbers ``path``."""
     target = Path(path)
@@ -142,6 +167,12 @@ _common: list[Callable[[Any], Any]] = [
 ]
 
 
+_precision = click.option(
+    "--precision", default="fp32", show_default=True, type=click.Choice(list(PRECISIONS)),
+    help="bf16: the planner may run the inner conv layers in bf16 (float32 accumulation; the "
+    "first and last layers stay fp32) where that is faster on this CPU.")
+
+
 def _with_common(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(_common):
         fn = option(fn)
@@ -170,18 +201,39 @@ def _with_common(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--scheduler", default=None,
               help="Run the blocks on a Dask cluster (tcp://host:port); workers need the "
               "volumes' paths.")
+@_precision
+@click.option("--overlap", default=0.25, show_default=True, type=float,
+              help="DAG nets with padded convs: overlap of the --patch windows.")
+@click.option("--blend", default="gaussian", show_default=True,
+              type=click.Choice(["gaussian", "constant", "bump", "none"]),
+              help="DAG nets with padded convs: how overlapping windows are averaged (MONAI's "
+              "sliding_window_inference for gaussian and constant).")
 def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
           memory: str | None, threads: int | None, primitive: str, input_path: str,
           output_path: str, plan_path: str | None, output_dtype: str, bbox: str | None,
-          mode: str, quiet: bool, workers: int | None, scheduler: str | None) -> None:
+          mode: str, quiet: bool, workers: int | None, scheduler: str | None,
+          precision: str, overlap: float, blend: str) -> None:
     """Dense inference of network SPEC (a JSON file or a bundled name) on a volume on disk,
-    block by block (memory: the budget plus one block); resumable."""
+    block by block (memory: the budget plus one block); resumable. A DAG spec (v2): --patch
+    is each block's input window (valid nets tile exactly; padded ones blend overlapping
+    windows); the volume is processed in memory."""
 
     def run() -> None:
         from .planner import Plan
         from .runtime.job import infer_volume
         from .runtime.progress import progress_report
 
+        graph = _graph(spec, weights, seed)
+        if graph is not None:
+            from .graph.job import infer_graph_volume
+
+            start = time.perf_counter()
+            done = infer_graph_volume(graph, input_path, output_path, _parse_patch(patch),
+                                      overlap, blend, _threads(threads), memory)
+            how = "blended windows" if done.blended else "exact blocks"
+            click.echo(f"wrote {output_path}: {list(done.output_shape)} ({how}) in "
+                       f"{time.perf_counter() - start:.2f} s")
+            return
         net = _network(spec, weights, seed)
         plan = None if plan_path is None else Plan.load(plan_path, net)
         n_threads = _threads(threads)
@@ -198,7 +250,8 @@ def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
                     net, input_path, output_path, plan=plan, patch=_parse_patch(patch),
                     primitives=primitive, threads=n_threads,
                     memory=None if memory is None else config.parse_bytes(memory), mode=mode,
-                    bbox=bbox, output_dtype=output_dtype, progress=report, client=client)
+                    bbox=bbox, output_dtype=output_dtype, progress=report, client=client,
+                    precision=precision)
         finally:
             if client is not None:
                 client.close()
@@ -233,9 +286,10 @@ def _parse_extent(text: str | None) -> Vec3 | None:
 @click.option("--extent", default=None, help="Output volume Z,Y,X: no patch beyond it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--output", "-o", "output_path", default=None, help="Also write the JSON here.")
+@_precision
 def plan_command(spec: str, memory: str | None, threads: int | None, device_path: str | None,
                  effort: str, extent: str | None, as_json: bool,
-                 output_path: str | None) -> None:
+                 output_path: str | None, precision: str) -> None:
     """Search the fastest plan of network SPEC (JSON file or bundled name) within a budget."""
 
     def run() -> None:
@@ -243,9 +297,23 @@ def plan_command(spec: str, memory: str | None, threads: int | None, device_path
         from .planner.search import plan as search_plan
         from .spec import load
 
+        graph = _graph(spec, None, 0)
+        if graph is not None:
+            from .graph.planner import plan_graph
+            from .graph.report import describe
+
+            click.echo(describe(graph))
+            chosen = plan_graph(graph, memory, _threads(threads), _parse_extent(extent))
+            click.echo(f"  block {'x'.join(map(str, chosen.block_input))} -> output "
+                       f"{'x'.join(map(str, chosen.block_output))}, predicted "
+                       f"{chosen.throughput:,.0f} voxels/s, peak "
+                       f"{chosen.peak_bytes / 2**30:.2f} GiB of "
+                       f"{chosen.budget_bytes / 2**30:.2f} GiB\n  conv nodes: "
+                       + ", ".join(f"{n} {p}" for n, p in chosen.primitives))
+            return
         net = load(spec)
         result = search_plan(net, memory, _threads(threads), device_path, effort,
-                             _parse_extent(extent))
+                             _parse_extent(extent), precision=precision)
         if output_path is not None:
             _write_text_atomic(output_path, result.to_json() + "\n")
         click.echo(result.to_json() if as_json else format_plan(result))
@@ -261,7 +329,9 @@ def plan_command(spec: str, memory: str | None, threads: int | None, device_path
               type=click.Choice(list(TUNING_EFFORTS)),
               help="measure: the best candidates' layers; exhaustive: more candidates, every "
               "primitive, more repetitions.")
-def tune(spec: str, memory: str | None, threads: int | None, effort: str) -> None:
+@_precision
+def tune(spec: str, memory: str | None, threads: int | None, effort: str,
+         precision: str) -> None:
     """Time candidate primitives of SPEC's best plans on this machine; keep tuning records."""
 
     def run() -> None:
@@ -270,7 +340,8 @@ def tune(spec: str, memory: str | None, threads: int | None, effort: str) -> Non
         from .spec import load
 
         net = load(spec)
-        result = search_plan(net, memory, _threads(threads), None, effort)
+        result = search_plan(net, memory, _threads(threads), None, effort,
+                             precision=precision)
         click.echo(format_plan(result))
 
     _run_guarded(run)
@@ -291,8 +362,9 @@ def tune(spec: str, memory: str | None, threads: int | None, effort: str) -> Non
 @click.option("--effort", default="estimate", show_default=True,
               type=click.Choice(list(EFFORT_LEVELS)), help="Planner effort for znni's plans.")
 @click.option("--plot", "plot_path", default=None, help="Write throughput vs patch size (PNG).")
+@_precision
 def bench(spec: str, memory: str | None, threads: int | None, versus: str, sizes: str,
-          repeats: int, effort: str, plot_path: str | None) -> None:
+          repeats: int, effort: str, plot_path: str | None, precision: str) -> None:
     """Planned znni vs PyTorch and ONNX Runtime dense inference of SPEC (random weights), same
     run."""
 
@@ -302,6 +374,10 @@ def bench(spec: str, memory: str | None, threads: int | None, versus: str, sizes
         from .planner.search import plan as search_plan
         from .spec import load
 
+        graph = _graph(spec, None, 0)
+        if graph is not None:
+            _bench_graph(graph, memory, _threads(threads) or config.default_threads(), repeats)
+            return
         net = load(spec).random_weights(0)
         edges = [int(v) for v in sizes.split(",") if v.strip()] if sizes else []
         if any(e < 1 for e in edges) or repeats < 1:
@@ -311,12 +387,12 @@ def bench(spec: str, memory: str | None, threads: int | None, versus: str, sizes
             click.echo(f"not installed, left out: {', '.join(missing)} "
                        "(pip install 'znni[bench]')", err=True)
         n_threads = _threads(threads) or config.default_threads()
-        chosen = search_plan(net, memory, n_threads, None, effort)
+        chosen = search_plan(net, memory, n_threads, None, effort, precision=precision)
         budget = chosen.planning.budget_bytes if chosen.planning else 0
         # The per-size candidates only draw the throughput curve: planned from the model
         # (and whatever tuning records exist), not tuned again.
-        others = [search_plan(net, memory, n_threads, None, "estimate", (e, e, e))
-                  for e in edges]
+        others = [search_plan(net, memory, n_threads, None, "estimate", (e, e, e),
+                              precision=precision) for e in edges]
         plans = [chosen] + [p for p in others if p.output_patch != chosen.output_patch]
         result = run_bench(net, plans, n_threads, budget, peers, edges, repeats)
         click.echo(f"{net.name}, {n_threads} threads, budget {budget / 2**30:.2f} GiB, "
@@ -345,6 +421,23 @@ def bench(spec: str, memory: str | None, threads: int | None, versus: str, sizes
     _run_guarded(run)
 
 
+def _bench_graph(graph: Graph, memory: str | None, threads: int, repeats: int) -> None:
+    """``znni bench`` on a DAG spec (random weights): znni's plan against PyTorch."""
+    from .graph.benchmark import bench_graph
+
+    result = bench_graph(graph, memory, threads, repeats)
+    plan = result.plan
+    click.echo(f"{graph.name} (DAG), {threads} threads, budget {plan.budget_bytes / 2**30:.2f} "
+               f"GiB, volume {'x'.join(map(str, result.volume))}, median of {repeats} "
+               "alternating runs:")
+    for name, seconds in result.seconds.items():
+        click.echo(f"  {name:<8} {seconds:8.2f} s  {result.output_voxels / seconds:>12,.0f} "
+                   "voxels/s")
+    click.echo(f"  znni: block {'x'.join(map(str, plan.block_input))}, predicted peak "
+               f"{plan.peak_bytes / 2**30:.2f} GiB; max relative difference "
+               f"{result.difference:.1e}\n  znni / PyTorch = {result.ratio:.2f}x")
+
+
 @main.command("import")
 @click.argument("model")
 @click.option("--out", "out_path", required=True, help="Network spec to write (.json).")
@@ -353,12 +446,28 @@ def bench(spec: str, memory: str | None, threads: int | None, versus: str, sizes
 @click.option("--trust-pickle", is_flag=True, help="Allow a pickled nn.Module: loading it runs "
               "code from the file, so only for files you trust.")
 @click.option("--no-check", is_flag=True, help="Skip running the source model to compare.")
+@click.option("--input-size", default=None, help="Import as a DAG (U-Nets, residual nets; "
+              "spec v2), traced on an input of Z,Y,X voxels (a size the model takes). "
+              "torch.export programs (.pt2) carry their own.")
 def import_command(model: str, out_path: str, weights_path: str, spec: str | None,
-                   trust_pickle: bool, no_check: bool) -> None:
-    """Import a trained PyTorch (TorchScript, state_dict + --spec) or ONNX (.onnx) model."""
+                   trust_pickle: bool, no_check: bool, input_size: str | None) -> None:
+    """Import a trained PyTorch (TorchScript, state_dict + --spec, torch.export .pt2) or ONNX
+    (.onnx) model."""
 
     def run() -> None:
         from .importers import import_model
+
+        if input_size is not None or model.endswith(".pt2"):
+            from .graph.report import describe
+            from .importers import import_graph
+
+            graph = import_graph(model, _parse_patch(input_size), trust_pickle, not no_check)
+            _write_text_atomic(out_path, json.dumps(graph.to_dict(), indent=1) + "\n")
+            _write_atomic(weights_path, graph.save_weights, ".npz")
+            click.echo(f"imported a DAG of {len(graph.nodes)} nodes"
+                       + ("" if no_check else "; output checked against the source model")
+                       + f"\n{describe(graph)}\n  wrote {out_path} and {weights_path}")
+            return
 
         net = import_model(model, spec, trust_pickle, not no_check)
         _write_text_atomic(out_path, json.dumps(net.to_dict(), indent=1) + "\n")

@@ -22,7 +22,7 @@ def forward(net: Network, volume: np.ndarray) -> np.ndarray:
     for i, layer in enumerate(net.layers):
         if isinstance(layer, Conv):
             w, b = weights[i]
-            x = _dilated_correlation(x, w.astype(np.float64), dil)
+            x = dilated_correlation(x, w.astype(np.float64), dil)
             x = apply(layer.activation, x + b.astype(np.float64)[:, None, None, None])
         else:
             x = _dilated_max_filter(x, layer.window, dil)
@@ -35,7 +35,7 @@ def forward(net: Network, volume: np.ndarray) -> np.ndarray:
 _MAX_DIRECT_TAPS = 27
 
 
-def _dilated_correlation(x: np.ndarray, w: np.ndarray, dil: list[int]) -> np.ndarray:
+def dilated_correlation(x: np.ndarray, w: np.ndarray, dil: list[int]) -> np.ndarray:
     """out[o, v] = Σ_i Σ_k w[o, i, k] · x[i, v + k·dil] (valid mode)."""
     k = w.shape[2:]
     out_size = [x.shape[1 + a] - (k[a] - 1) * dil[a] for a in range(3)]

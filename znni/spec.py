@@ -275,7 +275,7 @@ def shown(value: Any) -> str:
         return f"<{type(value).__name__}>"
 
 
-def _names(keys: set[Any]) -> str:
+def key_names(keys: set[Any]) -> str:
     """The first few of a set of untrusted keys, for a message."""
     return ", ".join(sorted(map(shown, keys))[:5]) + (", …" if len(keys) > 5 else "")
 
@@ -323,7 +323,7 @@ def _read_spec(spec: str | os.PathLike[str]) -> Any:
                       "fix the JSON syntax (see docs/design.md §2 for the format)")
 
 
-def _positive_int(value: Any, where: str, what: str, bound: int) -> int:
+def positive_int(value: Any, where: str, what: str, bound: int) -> int:
     # bool is an int subclass; a float like 3.0 is not accepted either: sizes are integers.
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
         over = isinstance(value, int) and not isinstance(value, bool) and value > bound
@@ -334,39 +334,52 @@ def _positive_int(value: Any, where: str, what: str, bound: int) -> int:
     return value
 
 
-def _vec3(value: Any, where: str, what: str, bound: int) -> Vec3:
+def spec_vec3(value: Any, where: str, what: str, bound: int) -> Vec3:
     if not isinstance(value, list) or len(value) != 3:
         raise SpecError(f"{where}: {what} must be a list of 3 integers [z, y, x], got "
                         f"{shown(value)}",
                         f"write e.g. \"{what}\": [3, 3, 3] (anisotropic sizes such as [1, 3, 3] "
                         "are allowed)")
-    z, y, x = (_positive_int(v, where, f"{what} entry", bound) for v in value)
+    z, y, x = (positive_int(v, where, f"{what} entry", bound) for v in value)
     return (z, y, x)
 
 
-def _parse(data: Any) -> Network:
-    if not isinstance(data, Mapping):
-        raise SpecError("network spec must be a JSON object",
-                        "see docs/design.md §2 for the format")
-    unknown = set(data) - _SPEC_KEYS
+def parse_header(data: Mapping[str, Any], allowed: set[str], items: str
+                 ) -> tuple[str, str, int, list[Any]]:
+    """What every spec version has: only ``allowed`` keys, ``name`` and ``description``
+    (strings), ``input_channels``, and a non-empty list of ``items`` (layers, nodes) within
+    the depth limit."""
+    unknown = set(data) - allowed
     if unknown:
-        raise SpecError(f"unknown top-level key(s) {_names(unknown)}",
-                        f"allowed keys: {sorted(_SPEC_KEYS)}")
+        raise SpecError(f"unknown top-level key(s) {key_names(unknown)}",
+                        f"allowed keys: {sorted(allowed)}")
     name = data.get("name", "unnamed")
     description = data.get("description", "")
     if not isinstance(name, str) or not isinstance(description, str):
         raise SpecError("'name' and 'description' must be strings", "quote them in the JSON")
     if "input_channels" not in data:
         raise SpecError("missing key 'input_channels'", "add e.g. \"input_channels\": 1")
-    channels = _positive_int(data["input_channels"], "spec", "'input_channels'",
-                             limits.MAX_CHANNELS)
-    raw_layers = data.get("layers")
-    if not isinstance(raw_layers, list) or not raw_layers:
-        raise SpecError("'layers' must be a non-empty list", "add at least one conv layer")
-    if len(raw_layers) > limits.MAX_LAYERS:
-        raise SpecError(f"the network has {len(raw_layers)} layers, more than the "
+    channels = positive_int(data["input_channels"], "spec", "'input_channels'",
+                            limits.MAX_CHANNELS)
+    raw = data.get(items)
+    if not isinstance(raw, list) or not raw:
+        raise SpecError(f"'{items}' must be a non-empty list", "add at least one conv")
+    if len(raw) > limits.MAX_LAYERS:
+        raise SpecError(f"the network has {len(raw)} {items}, more than the "
                         f"{limits.MAX_LAYERS} znni supports",
                         "planning time grows with depth; see znni.limits")
+    return name, description, channels, raw
+
+
+def _parse(data: Any) -> Network:
+    if not isinstance(data, Mapping):
+        raise SpecError("network spec must be a JSON object",
+                        "see docs/design.md §2 for the format")
+    if "nodes" in data:
+        raise SpecError("this is a v2 (DAG) network spec, not a chain of layers",
+                        "load it with znni.graph.load_graph (docs/design.md §2.1); the CLI "
+                        "takes both")
+    name, description, channels, raw_layers = parse_header(data, _SPEC_KEYS, "layers")
     layers: list[Layer] = []
     input_channels = channels
     for i, raw in enumerate(raw_layers):
@@ -376,7 +389,7 @@ def _parse(data: Any) -> Network:
                             "write {\"type\": \"conv\", ...} or {\"type\": \"pool\", ...}")
         kind = raw.get("type")
         if kind == "conv":
-            _check_keys(raw, _CONV_KEYS, where)
+            check_keys(raw, _CONV_KEYS, where)
             act = raw.get("activation", "linear")
             if not isinstance(act, str) or act not in ACTIVATIONS:
                 raise SpecError(f"{where}: unknown activation {shown(act)}",
@@ -385,16 +398,16 @@ def _parse(data: Any) -> Network:
                 raise SpecError(f"{where}: conv needs 'kernel' and 'out_channels'",
                                 "e.g. {\"type\": \"conv\", \"kernel\": [3,3,3], "
                                 "\"out_channels\": 8, \"activation\": \"relu\"}")
-            conv = Conv(input_channels, _positive_int(raw["out_channels"], where,
+            conv = Conv(input_channels, positive_int(raw["out_channels"], where,
                                                       "'out_channels'", limits.MAX_CHANNELS),
-                        _vec3(raw["kernel"], where, "kernel", limits.MAX_KERNEL), act)
+                        spec_vec3(raw["kernel"], where, "kernel", limits.MAX_KERNEL), act)
             layers.append(conv)
             input_channels = conv.out_channels
         elif kind == "pool":
-            _check_keys(raw, _POOL_KEYS, where)
+            check_keys(raw, _POOL_KEYS, where)
             if "window" not in raw:
                 raise SpecError(f"{where}: pool needs 'window'", "e.g. \"window\": [2, 2, 2]")
-            layers.append(Pool(input_channels, _vec3(raw["window"], where, "window",
+            layers.append(Pool(input_channels, spec_vec3(raw["window"], where, "window",
                                                      limits.MAX_WINDOW)))
         else:
             raise SpecError(f"{where}: unknown layer type {shown(kind)}",
@@ -421,14 +434,14 @@ def _check_size(net: Network) -> None:
                         "would need terabytes")
 
 
-def _check_keys(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
+def check_keys(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = set(raw) - allowed
     if unknown:
-        raise SpecError(f"{where}: unknown key(s) {_names(unknown)}",
+        raise SpecError(f"{where}: unknown key(s) {key_names(unknown)}",
                         f"a {shown(raw.get('type'))} layer allows {sorted(allowed)}")
 
 
-def _read_npz(source: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+def read_npz(source: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` file. ``allow_pickle=False``: a weights file must never execute
     code; ``mmap_mode``: a (refused) ``.npy`` is mapped, not read."""
     hint = "it must be an .npz written by numpy.savez (no pickles)"
@@ -449,9 +462,31 @@ def _read_npz(source: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise WeightsError(f"cannot read weights {str(source)!r}: {exc}", hint) from None
 
 
+def checked_array(arrays: Mapping[str, Any], key: str, shape: tuple[int, ...], where: str,
+                  missing_hint: str, shape_hint: str) -> np.ndarray:
+    """``arrays[key]`` as a C-contiguous float32 array of ``shape`` (PyTorch's layouts: a
+    conv's weight is (out, in, kz, ky, kx)); a WeightsError naming ``where`` if it is missing,
+    not numbers, mis-shaped, or not finite."""
+    if key not in arrays:
+        raise WeightsError(f"{where}: missing weight array {key!r} (shape {shape})",
+                           missing_hint)
+    arr = np.asarray(arrays[key])
+    if arr.dtype.kind not in "fiu":
+        raise WeightsError(f"{where}: {key!r} has dtype {arr.dtype}, not a number",
+                           "store float32 arrays")
+    if arr.shape != shape:
+        raise WeightsError(f"{where}: {key!r} has shape {arr.shape}, expected {shape}",
+                           shape_hint)
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.all(np.isfinite(out)):
+        raise WeightsError(f"{where}: {key!r} contains NaN or Inf",
+                           "the weights are corrupt or training diverged")
+    return out
+
+
 def _load_weights(net: Network, source: str | os.PathLike[str] | Mapping[str, Any]
                   ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    arrays = dict(source) if isinstance(source, Mapping) else _read_npz(source)
+    arrays = dict(source) if isinstance(source, Mapping) else read_npz(source)
     weights: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     expected: set[str] = set()
     for i, layer in enumerate(net.layers):
@@ -461,30 +496,15 @@ def _load_weights(net: Network, source: str | os.PathLike[str] | Mapping[str, An
         expected |= {w_key, b_key}
         shapes = {w_key: (layer.out_channels, layer.in_channels, *layer.kernel),
                   b_key: (layer.out_channels,)}
-        checked = []
-        for key, shape in shapes.items():
-            if key not in arrays:
-                raise WeightsError(f"layer {i}: missing weight array {key!r} (shape {shape})",
-                                   "export all conv layers' weight and bias, keyed by the "
-                                   "layer index in the spec")
-            arr = np.asarray(arrays[key])
-            if arr.dtype.kind not in "fiu":
-                raise WeightsError(f"layer {i}: {key!r} has dtype {arr.dtype}, not a number",
-                                   "store float32 arrays")
-            if arr.shape != shape:
-                raise WeightsError(f"layer {i}: {key!r} has shape {arr.shape}, expected {shape} "
-                                   "(out, in, kz, ky, kx)",
-                                   "check out_channels, kernel and the previous layer's "
-                                   "channels in the spec")
-            arr = arr.astype(np.float32)
-            if not np.all(np.isfinite(arr)):
-                raise WeightsError(f"layer {i}: {key!r} contains NaN or Inf",
-                                   "the weights are corrupt or training diverged")
-            checked.append(np.ascontiguousarray(arr))
+        checked = [checked_array(arrays, key, shape, f"layer {i}",
+                                 "export all conv layers' weight and bias, keyed by the layer "
+                                 "index in the spec",
+                                 "check out_channels, kernel and the previous layer's channels "
+                                 "in the spec") for key, shape in shapes.items()]
         weights[i] = (checked[0], checked[1])
     extra = set(arrays) - expected
     if extra:
-        raise WeightsError(f"unexpected weight array(s) {_names(extra)}",
+        raise WeightsError(f"unexpected weight array(s) {key_names(extra)}",
                            "keys must be layers.<i>.weight / layers.<i>.bias of conv layers; "
                            "is this the weights file of another network?")
     return weights

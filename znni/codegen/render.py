@@ -16,12 +16,13 @@ import jinja2
 
 from .. import simd_fft_constants, winograd_tiles
 from ..activations import ACTIVATIONS
+from ..precision import PRECISIONS
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 ABI_HEADER = TEMPLATE_DIR / "znni_abi.h"
 
 #: The only strings allowed into generated code: activation and Winograd tile names.
-ENUM_VALUES = frozenset(ACTIVATIONS) | frozenset(winograd_tiles.TILES)
+ENUM_VALUES = frozenset(ACTIVATIONS) | frozenset(winograd_tiles.TILES) | frozenset(PRECISIONS)
 _MAX_INT = 1 << 40
 
 ContextValue = int | str

@@ -1,4 +1,5 @@
-"""Bring your own model: PyTorch and ONNX 3D ConvNets → a znni :class:`~znni.spec.Network`.
+"""Bring your own model: PyTorch and ONNX 3D ConvNets → a znni :class:`~znni.spec.Network`
+(chains) or :class:`~znni.graph.Graph` (DAGs: U-Nets, residual nets; graph_builder.py).
 
 Each importer translates its framework's layers into :class:`~.chain.ChainBuilder` calls (which
 fold BatchNorm and activations) and then checks the result against the source model
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..graph import Graph
 from ..spec import Network
 from .chain import UnsupportedModelError
 
@@ -28,4 +30,16 @@ def import_model(path: str | os.PathLike[str], spec: str | os.PathLike[str] | No
     return load_torch(path, spec, trust_pickle, check)
 
 
-__all__ = ["UnsupportedModelError", "import_model"]
+def import_graph(path: str | os.PathLike[str], input_size: tuple[int, int, int] | None = None,
+                 trust_pickle: bool = False, check: bool = True) -> Graph:
+    """The DAG network (spec v2) of a model file: ``.onnx`` → ONNX (spatial size from the
+    graph or ``input_size``), ``.pt2`` → a ``torch.export`` program, else a pickled PyTorch
+    module (``trust_pickle``) traced at ``input_size``."""
+    if Path(path).suffix.lower() == ".onnx":
+        from .graph_onnx import load_onnx_graph
+        return load_onnx_graph(path, input_size, check)
+    from .graph_torch import load_graph_file
+    return load_graph_file(path, input_size, trust_pickle, check)
+
+
+__all__ = ["UnsupportedModelError", "import_graph", "import_model"]

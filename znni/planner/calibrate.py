@@ -223,11 +223,14 @@ Probe = tuple[Conv | Pool, tuple[int, int, int, int, int]]
 _FFT_LAYER = Conv(64, 64, (5, 5, 5), "relu")
 _SMALL, _MID, _LARGE = (32, 64, 18, 18, 18), (2, 64, 44, 44, 44), (1, 64, 60, 60, 60)
 _MANY = (8, 64, 28, 28, 28)  # the data-parallel schedules' cost grows with samples: not 1–2
+_INNER_DIRECT: Probe = (Conv(32, 32, (3, 3, 3), "relu"), (8, 32, 22, 22, 22))
 _WINOGRAD_PROBES = ((Conv(64, 64, (3, 3, 3), "relu"), (16, 64, 18, 18, 18)),
                     (Conv(64, 64, (3, 3, 3), "relu"), (1, 64, 48, 48, 48)))
 PROBES: dict[str, tuple[Probe, ...]] = {
-    "direct": ((Conv(1, 24, (3, 3, 3), "relu"), (1, 1, 96, 96, 96)),
-               (Conv(32, 32, (3, 3, 3), "relu"), (8, 32, 22, 22, 22))),
+    "direct": ((Conv(1, 24, (3, 3, 3), "relu"), (1, 1, 96, 96, 96)), _INNER_DIRECT),
+    # what the CPU makes of vdpbf16ps (2× FMA on Zen 4, less on some Intel cores, emulated
+    # ~0.5–1×): only inner layers run bf16, so only the inner probe
+    "direct-bf16": (_INNER_DIRECT,),
     # the task-parallel schedule runs late layers (small images) and, with room, large early
     # ones (extrapolating a 44³ correction to 107³ was off by 1.8×); data-parallel runs
     # the large early ones that tight budgets leave little room for (lean: shared, below)

@@ -73,13 +73,15 @@ def timed_shape(lp: LayerPlan, layer: Layer) -> Shape5:
 
 
 @cache
-def layer_options(shapes: LayerShapes) -> tuple[LayerPlan, ...]:
+def layer_options(shapes: LayerShapes, precision: str = "fp32") -> tuple[LayerPlan, ...]:
     """Every way to run one layer: each supporting primitive on a fresh output tensor and,
-    after the first layer, over its own input at each pass size (uncosted)."""
+    after the first layer, over its own input at each pass size (uncosted). Primitives in
+    another format than fp32 only where ``precision`` (:func:`~.plan.layer_precisions`) names
+    theirs."""
     layer, shape = shapes.layer, shapes.input
     out = []
     for name, primitive in PRIMITIVES.items():
-        if not primitive.supports(layer):
+        if not primitive.supports(layer) or primitive.precision not in ("fp32", precision):
             continue
         flops = primitive.flops(layer, shape)
         memory = primitive.memory(layer, shape)

@@ -33,7 +33,7 @@ def load_device(path: str | os.PathLike[str]) -> Device:
 
 
 #: Bumped whenever what calibration measures changes: older cached descriptions are re-measured.
-CALIBRATION_VERSION = 7
+CALIBRATION_VERSION = 8
 
 
 def _cache_path(threads: int) -> Path:

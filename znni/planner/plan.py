@@ -11,14 +11,26 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
 
 from .. import limits
 from ..errors import PlanError
+from ..precision import check_precision
 from ..primitives import PRIMITIVES, in_place
 from ..primitives.base import FLOAT_BYTES
-from ..spec import Layer, LayerShapes, Network, Pool, Shape5, Vec3, parse_json, read_text, shown
+from ..spec import (
+    Conv,
+    Layer,
+    LayerShapes,
+    Network,
+    Pool,
+    Shape5,
+    Vec3,
+    parse_json,
+    read_text,
+    shown,
+)
 from .gpu_plan import GpuPlan
 
 PLAN_VERSION = 1
@@ -61,14 +73,33 @@ def auto_primitive(layer: Layer, shape_in: Shape5) -> str:
     return "direct"
 
 
-def _requested(choice: PrimitiveChoice, index: int, layer: Layer) -> str:
+def _requested(choice: PrimitiveChoice, index: int, layer: Layer,
+               inner: frozenset[int]) -> str:
     """The primitive asked for layer ``index``: a name for every conv layer, a per-layer
-    mapping (absent layers: auto), or None (auto). Pool layers take MPF unless mapped."""
+    mapping (absent layers: auto), or None (auto). Pool layers take MPF unless mapped. One
+    reduced-precision name for every layer (``direct-bf16``) gives the first and last conv
+    layers (not in ``inner``) its fp32 form (``direct``)."""
     if isinstance(choice, Mapping):
         return choice.get(index, AUTO)
     if choice is None or isinstance(layer, Pool):
         return AUTO
+    primitive = PRIMITIVES.get(choice)
+    if primitive is not None and primitive.precision != "fp32" and index not in inner:
+        return choice.removesuffix(f"-{primitive.precision}")
     return choice
+
+
+def inner_convs(net: Network) -> frozenset[int]:
+    """The conv layers that may run in a reduced precision: all but the first and the last.
+    The first sees the raw image (often 8-bit data whose rounding errors every later layer
+    would carry) and the last makes the outputs users threshold (docs/design.md §5.7)."""
+    convs = [i for i, layer in enumerate(net.layers) if isinstance(layer, Conv)]
+    return frozenset(convs[1:-1])
+
+
+def layer_precisions(net: Network, precision: str) -> dict[int, str]:
+    """Per layer, the format besides fp32 it may run in when ``precision`` is asked for."""
+    return dict.fromkeys(inner_convs(net), precision) if precision != "fp32" else {}
 
 
 def network_digest(net: Network) -> str:
@@ -119,6 +150,7 @@ class Planning:
     threads: int
     device: str
     effort: str
+    precision: str = "fp32"  # what was asked for: bf16 lets inner conv layers use it
 
 
 @dataclass(frozen=True)
@@ -137,6 +169,13 @@ class Plan:
     @property
     def resident_bytes(self) -> int:
         return sum(layer.resident_bytes for layer in self.layers)
+
+    @property
+    def precision(self) -> str:
+        """``bf16`` if any layer runs in bf16, else ``fp32``."""
+        reduced = [PRIMITIVES[lp.primitive].precision for lp in self.layers
+                   if lp.primitive in PRIMITIVES]
+        return next((p for p in reduced if p != "fp32"), "fp32")
 
     @property
     def max_filtered(self) -> int:
@@ -205,6 +244,7 @@ class Plan:
         data["predicted_seconds"] = self.predicted_seconds
         data["predicted_throughput"] = self.predicted_throughput
         data["padding_fraction"] = self.padding_fraction
+        data["precision"] = self.precision
         return data
 
     def to_json(self) -> str:
@@ -231,6 +271,8 @@ class Plan:
                      for i, layer in layers.items()}
             planning = (None if data.get("planning") is None
                         else Planning(**_fields(data["planning"], Planning)))
+            if planning is not None:
+                check_precision(planning.precision)
             alternatives = tuple(_alternative(a) for a in _list(data.get("alternatives", []),
                                                                 "alternatives"))
             gpu = (None if data.get("gpu") is None
@@ -331,7 +373,7 @@ def _fields(data: Any, cls: type) -> dict[str, Any]:
         raise TypeError(f"{cls.__name__} must be an object")
     out = {}
     for f in fields(cls):
-        value = data[f.name]
+        value = data[f.name] if f.default is MISSING else data.get(f.name, f.default)
         kind = {"int": int, "str": str}.get(str(f.type))
         if kind is not None and (isinstance(value, bool) or not isinstance(value, kind)):
             raise TypeError(f"{cls.__name__}.{f.name} must be {f.type}, got {shown(value)}")
@@ -372,7 +414,7 @@ def make_plan(net: Network, output_patch: Vec3, batch: int = 1,
     layers = []
     for shapes in all_shapes:
         layer = shapes.layer
-        name = _requested(primitives, shapes.index, layer)
+        name = _requested(primitives, shapes.index, layer, inner_convs(net))
         if name == AUTO:
             name = auto_primitive(layer, shapes.input)
         primitive = PRIMITIVES.get(name)
@@ -380,6 +422,11 @@ def make_plan(net: Network, output_patch: Vec3, batch: int = 1,
             options = [p for p, prim in PRIMITIVES.items() if prim.supports(layer)]
             raise PlanError(f"layer {shapes.index} ({layer.kind}): primitive {shown(name)} "
                             "cannot run it", f"use one of {options}")
+        if primitive.precision != "fp32" and shapes.index not in inner_convs(net):
+            raise PlanError(f"layer {shapes.index} is the network's first or last conv layer: "
+                            f"it runs in fp32, not {primitive.precision} ({name})",
+                            f"use an fp32 primitive for it; {primitive.precision} is for the "
+                            f"layers between (here {sorted(inner_convs(net))})")
         group = (in_place_units or {}).get(shapes.index, 0)
         if group:
             _check_in_place(shapes.index, layer, shapes.input, group)

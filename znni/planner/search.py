@@ -21,6 +21,7 @@ from dataclasses import replace
 from .. import config
 from ..errors import PlanError
 from ..hardware import Device
+from ..precision import check_precision
 from ..primitives import PRIMITIVES, in_place
 from ..spec import Layer, Network, Shape5, Vec3
 from .costing import BATCHES, CostModel, layer_options, timed_shape
@@ -32,6 +33,7 @@ from .plan import (
     Plan,
     Planning,
     held_bytes,
+    layer_precisions,
     limit_problem,
     make_plan,
     patches_needed,
@@ -65,13 +67,16 @@ def _costed_seconds(lp: LayerPlan) -> float:
 
 
 def _costed_plan(net: Network, patch: Vec3, batch: int, max_filtered: int, budget: int,
-                 costs: CostModel, extent: Vec3 | None = None) -> Plan | None:
+                 costs: CostModel, extent: Vec3 | None = None,
+                 precision: str = "fp32") -> Plan | None:
     """The fastest plan for ``patch`` and ``batch`` (the last ``max_filtered`` pools as max
-    filters) within ``budget``, or None; ``extent`` is the volume it will cover."""
+    filters) within ``budget``, or None; ``extent`` is the volume it will cover; ``precision``
+    the format the inner conv layers may take besides fp32."""
+    allowed = layer_precisions(net, precision)
     options: list[list[LayerPlan]] = []
     for shapes in net.layer_shapes(patch, batch, max_filtered):
         per_layer = []
-        for lp in layer_options(shapes):
+        for lp in layer_options(shapes, allowed.get(shapes.index, "fp32")):
             seconds, source = costs.seconds(lp, shapes.layer)
             per_layer.append(replace(lp, seconds=seconds, cost=source))
         options.append(per_layer)
@@ -114,14 +119,15 @@ def _patches(frag: Vec3, unit: int, extent: Vec3 | None) -> Iterator[list[Vec3]]
 
 
 def candidates(net: Network, budget: int, costs: CostModel, extent: Vec3 | None = None,
-               batches: tuple[int, ...] = BATCHES) -> list[Plan]:
+               batches: tuple[int, ...] = BATCHES, precision: str = "fp32") -> list[Plan]:
     """Every (patch, batch) that fits ``budget``, each with its fastest assignment of ways to
     run its layers under ``costs``, best first."""
-    return _search(net, budget, costs, extent, batches)[0]
+    return _search(net, budget, costs, extent, batches, precision)[0]
 
 
 def _search(net: Network, budget: int, costs: CostModel, extent: Vec3 | None,
-            batches: tuple[int, ...]) -> tuple[list[Plan], list[Alternative]]:
+            batches: tuple[int, ...],
+            precision: str = "fp32") -> tuple[list[Plan], list[Alternative]]:
     """Every fitting candidate, best first, and the first patches that did not fit. Each
     pooling mode — the last 0, 1, … pools as max filters, the rest as fragments — has its own
     patch grid (multiples of the fragmentation of its fragment pools)."""
@@ -144,7 +150,8 @@ def _search(net: Network, budget: int, costs: CostModel, extent: Vec3 | None,
                     if limit_problem(net.layer_shapes(patch, batch, max_filtered)):
                         break  # past znni.limits: so is any larger batch
                     seen.add((patch, batch))
-                    plan = _costed_plan(net, patch, batch, max_filtered, budget, costs, extent)
+                    plan = _costed_plan(net, patch, batch, max_filtered, budget, costs, extent,
+                                        precision)
                     if plan is None:
                         if batch == 1 and max_filtered == 0 and len(too_big) < 2:
                             lean = _leanest(net, patch)
@@ -200,12 +207,15 @@ def check_saved_plan(plan: Plan, net: Network, extent: Vec3, memory: int | str |
 
 def plan(net: Network, memory: int | str | None = None, threads: int | None = None,
          device: Device | str | None = None, effort: str = "estimate",
-         extent: Vec3 | None = None, batches: tuple[int, ...] = BATCHES) -> Plan:
+         extent: Vec3 | None = None, batches: tuple[int, ...] = BATCHES,
+         precision: str = "fp32") -> Plan:
     """The fastest plan for ``net`` within ``memory`` bytes (int or ``"4GiB"``; default: 80 %
     of the available RAM, cgroup-capped) on ``device`` (a :class:`Device`, a JSON path, or
     None: this machine, measured once). ``effort``: ``estimate`` (model only), ``measure``
     (time the layers of the best candidates, reusing tuning records) or ``exhaustive``.
-    ``extent``: the output volume, when known, caps the patch."""
+    ``extent``: the output volume, when known, caps the patch. ``precision="bf16"`` lets the
+    inner conv layers run in bf16 where that is predicted faster (docs/design.md §5.7)."""
+    check_precision(precision)
     if effort not in EFFORT_LEVELS:
         raise PlanError(f"unknown effort {effort!r}", f"use one of {', '.join(EFFORT_LEVELS)}")
     if threads is not None:
@@ -220,6 +230,9 @@ def plan(net: Network, memory: int | str | None = None, threads: int | None = No
         if effort != "estimate":
             raise PlanError("GPU plans are made from the cost model only",
                             "plan with --effort estimate")
+        if precision != "fp32":
+            raise PlanError(f"GPU plans run in fp32, not {precision}",
+                            "plan with --precision fp32, or for this CPU (drop --device)")
         host = budget if memory is not None else int(dev.memory_bytes * DEFAULT_BUDGET_FRACTION)
         return plan_gpu(net, host, dev, extent, batches)
     if effort != "estimate" and not on_this_machine:
@@ -228,10 +241,10 @@ def plan(net: Network, memory: int | str | None = None, threads: int | None = No
     records = TuningRecords() if on_this_machine else None
     if effort == "estimate":  # records of any rigour still beat the model
         found, too_big = _search(net, budget, CostModel(dev, records, "measure"), extent,
-                                 batches)
+                                 batches, precision)
     else:
         assert records is not None
-        found, too_big = _tune(net, budget, dev, records, effort, extent, batches)
+        found, too_big = _tune(net, budget, dev, records, effort, extent, batches, precision)
     if not found and not too_big:  # the search stopped at the limits before the budget
         problem = limit_problem(net.layer_shapes(net.fragmentation, 1))
         raise PlanError(f"no plan of network {net.name!r} stays within znni's limits: "
@@ -250,12 +263,13 @@ def plan(net: Network, memory: int | str | None = None, threads: int | None = No
                 mode_best is not p for p in shown):
             shown.append(mode_best)
     alternatives = [_as_alternative(p, best) for p in shown] + too_big
-    return replace(best, planning=Planning(budget, dev.threads, dev.name, effort),
+    return replace(best, planning=Planning(budget, dev.threads, dev.name, effort, precision),
                    alternatives=tuple(alternatives))
 
 
 def _tune(net: Network, budget: int, dev: Device, records: TuningRecords, effort: str,
-          extent: Vec3 | None, batches: tuple[int, ...]) -> tuple[list[Plan], list[Alternative]]:
+          extent: Vec3 | None, batches: tuple[int, ...],
+          precision: str) -> tuple[list[Plan], list[Alternative]]:
     """Candidates ranked by measured costs: time the layers of the best candidate not yet
     fully measured, re-rank (unmeasured shapes now use the corrected model), and repeat while
     such a candidate is predicted within MEASURE_MARGIN of the best measured one, until
@@ -268,14 +282,15 @@ def _tune(net: Network, budget: int, dev: Device, records: TuningRecords, effort
     rounds = 2 * wanted  # a safety net: each round normally completes one candidate
     while True:
         costs = CostModel(dev, records, effort)
-        found, too_big = _search(net, budget, costs, extent, batches)
+        found, too_big = _search(net, budget, costs, extent, batches, precision)
         measured = [p for p in found if _measured(p)]
         pending = [p for p in found if not _measured(p)]
         if not pending or len(measured) >= wanted or rounds == 0 or (
                 measured and (pending[0].predicted_volume_throughput or 0)
                 < (1 - MEASURE_MARGIN) * (measured[0].predicted_volume_throughput or 0)):
             break
-        measure_layers(net, pending[0], costs, records, effort, dev.threads)
+        measure_layers(net, pending[0], costs, records, effort, dev.threads,
+                       precision=precision)
         rounds -= 1
     if measured and found[0] is not measured[0]:
         found.remove(measured[0])
@@ -311,7 +326,8 @@ def _as_alternative(p: Plan, best: Plan) -> Alternative:
 
 
 def measure_layers(net: Network, plan: Plan, costs: CostModel, records: TuningRecords,
-                   effort: str, threads: int, within: float = MEASURE_WITHIN) -> None:
+                   effort: str, threads: int, within: float = MEASURE_WITHIN,
+                   precision: str = "fp32") -> None:
     """Time, per layer of ``plan``, its chosen way and the other fitting ways whose modelled
     time is within ``within`` × the layer's best — per primitive its fresh form and its largest
     fitting in-place pass (smaller passes only redo more per-pass work); exhaustive: every
@@ -319,9 +335,10 @@ def measure_layers(net: Network, plan: Plan, costs: CostModel, records: TuningRe
     as soon as it is taken."""
     room = plan.peak_bytes - held_bytes(plan.layers) - plan.resident_bytes
     todo: dict[str, tuple[Layer, Shape5, str, float]] = {}
+    allowed = layer_precisions(net, precision)
     for shapes, picked in zip(net.layer_shapes(plan.output_patch, plan.batch,
                                                plan.max_filtered), plan.layers, strict=True):
-        fitting = [lp for lp in layer_options(shapes)
+        fitting = [lp for lp in layer_options(shapes, allowed.get(shapes.index, "fp32"))
                    if lp.working_bytes <= max(room, picked.working_bytes)]
         largest = {lp.primitive: lp.in_place for lp in sorted(fitting, key=lambda o: o.in_place)}
         modelled = {}

@@ -9,7 +9,8 @@ from .mpf import MaxPoolFragments
 from .winograd import WinogradConv
 
 PRIMITIVES: dict[str, Primitive] = {p.name: p for p in (
-    DirectConv(), WinogradConv("f2"), WinogradConv("f4"), MaxPoolFragments(), MaxFilter(),
+    DirectConv(), DirectConv("bf16"), WinogradConv("f2"), WinogradConv("f4"),
+    MaxPoolFragments(), MaxFilter(),
     FftConv(pruned=True, task_parallel=True), FftConv(pruned=False, task_parallel=True),
     FftConv(pruned=True, task_parallel=False), FftConv(pruned=False, task_parallel=False),
     FftConv(pruned=True, task_parallel=False, lean=True))}

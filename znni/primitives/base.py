@@ -44,6 +44,7 @@ class Step(Protocol):
 class Primitive(Protocol):
     name: str
     layer_kind: str  # the Layer.kind it runs: "conv" or "pool"
+    precision: str   # the number format of its arithmetic (znni.precision.PRECISIONS)
 
     def supports(self, layer: Layer) -> bool: ...
 

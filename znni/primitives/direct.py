@@ -14,6 +14,7 @@ import numpy as np
 
 from ..codegen.loader import KernelModule, default_toolchain, load_kernel
 from ..codegen.render import render
+from ..precision import check_precision, pair_channels
 from ..spec import Conv, Layer, Shape5, Vec3
 from .base import FLOAT_BYTES, Memory, output_buffer, tensor_bytes
 
@@ -26,6 +27,10 @@ _ACC_REGISTERS = {16: 24, 8: 12, 4: 12}
 #: within run-to-run noise (±15 %) of none; it bounds the working set for wider layers.
 _L1_INPUT_BYTES = 32 * 1024
 _MAX_UNROLLED_TAPS = 32
+#: Multiply-adds per instruction of a bf16 dot product (vdpbf16ps) over an FMA: the model's
+#: ideal; calibration measures what a CPU makes of it (2× on Zen 4, less where the instruction
+#: issues on fewer ports than FMAs, ~0.5× where it is emulated).
+BF16_GAIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -80,17 +85,21 @@ def choose_block(layer: Conv, shape_in: Shape5, vector_width: int) -> RegisterBl
     return RegisterBlock(block.ob, block.xv, ic)
 
 
-def pack_weights(w: np.ndarray, b: np.ndarray, ob: int) -> tuple[np.ndarray, np.ndarray]:
+def pack_weights(w: np.ndarray, b: np.ndarray, ob: int,
+                 precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """(FO, FI, kz, ky, kx) → (blocks, FI, kz, ky, kx, ob), zero-padding FO to a multiple of ob,
-    so each broadcast of the inner loop reads consecutive memory."""
+    so each broadcast of the inner loop reads consecutive memory. bf16: FI becomes channel
+    pairs (:func:`~znni.precision.pair_channels`), the words handed over as float32 bits."""
+    if precision == "bf16":
+        w = pair_channels(w)
     fo = w.shape[0]
     blocks = -(-fo // ob)
-    wp = np.zeros((blocks * ob, *w.shape[1:]), np.float32)
+    wp = np.zeros((blocks * ob, *w.shape[1:]), w.dtype)
     wp[:fo] = w
     wp = wp.reshape(blocks, ob, *w.shape[1:]).transpose(0, 2, 3, 4, 5, 1)
     bp = np.zeros(blocks * ob, np.float32)
     bp[:fo] = b
-    return np.ascontiguousarray(wp), bp
+    return np.ascontiguousarray(wp).view(np.float32), bp
 
 
 def conv_output_shape(layer: Conv, shape_in: Shape5) -> Shape5:
@@ -109,11 +118,12 @@ def conv_context(layer: Conv, shape_in: Shape5) -> dict[str, int | str]:
             "nz": nz, "ny": ny, "nx": nx, "activation": layer.activation}
 
 
-def direct_source(layer: Conv, shape_in: Shape5, vector_width: int) -> str:
+def direct_source(layer: Conv, shape_in: Shape5, vector_width: int,
+                  precision: str = "fp32") -> str:
     """The generated C++ for one layer shape (viewable without compiling)."""
     block = choose_block(layer, shape_in, vector_width)
     return render("direct_conv.cpp.j2", {
-        **conv_context(layer, shape_in),
+        **conv_context(layer, shape_in), "precision": check_precision(precision),
         "vector_width": vector_width, "xv": block.xv, "ob": block.ob, "ic": block.ic,
         # Unrolling the tap rows pays on small kernels (+25 % on 3³) but makes g++ run for
         # minutes on 7³ and larger: unroll only kernels of at most _MAX_UNROLLED_TAPS taps.
@@ -145,10 +155,16 @@ class ConvStep:
 
 
 class DirectConv:
-    """Primitive ``direct``: FLOPs 2·S·f·f′·n′·k³, memory S·f·n + S·f′·n′ (+ weights)."""
+    """Primitive ``direct``: FLOPs 2·S·f·f′·n′·k³, memory S·f·n + S·f′·n′ (+ weights).
 
-    name = "direct"
+    ``direct-bf16`` (``precision="bf16"``) runs the same loops on bf16 channel pairs with
+    float32 accumulation; its input is first rounded into a buffer of half its size."""
+
     layer_kind = "conv"
+
+    def __init__(self, precision: str = "fp32") -> None:
+        self.precision = check_precision(precision)
+        self.name = "direct" if precision == "fp32" else f"direct-{precision}"
 
     def supports(self, layer: Layer) -> bool:
         return isinstance(layer, Conv)
@@ -166,14 +182,22 @@ class DirectConv:
         compute = self.flops(layer, shape_in) / useful_fraction(layer, shape_in)
         out = tensor_bytes(conv_output_shape(layer, shape_in))
         traffic = tensor_bytes(shape_in) + out
-        return (max(compute / device.direct_flops, traffic / device.bandwidth)
-                + out / device.fresh_rate)
+        rate = device.direct_flops * (BF16_GAIN if self.precision == "bf16" else 1.0)
+        return (max(compute / rate, traffic / device.bandwidth)
+                + (out + self._pairs_bytes(layer, shape_in)) / device.fresh_rate)
+
+    def _pairs_bytes(self, layer: Conv, shape_in: Shape5) -> int:
+        """The bf16 kernel's buffer of input channel pairs (none in float32)."""
+        if self.precision != "bf16":
+            return 0
+        samples, _, *image = shape_in
+        return FLOAT_BYTES * samples * -(-layer.in_channels // 2) * math.prod(image)
 
     def memory(self, layer: Layer, shape_in: Shape5) -> Memory:
         assert isinstance(layer, Conv)
         weights = (layer.out_channels + 32) * (layer.in_channels * math.prod(layer.kernel) + 1)
         return Memory(resident=weights * FLOAT_BYTES,
-                      working=(tensor_bytes(shape_in)
+                      working=(tensor_bytes(shape_in) + self._pairs_bytes(layer, shape_in)
                                + tensor_bytes(conv_output_shape(layer, shape_in))))
 
     def prepare(self, index: int, layer: Layer, shape_in: Shape5,
@@ -182,8 +206,9 @@ class DirectConv:
         toolchain = default_toolchain()
         vw = toolchain.vector_width
         block = choose_block(layer, shape_in, vw)
-        source = direct_source(layer, shape_in, vw)
-        label = (f"layer {index} (direct {layer.in_channels}->{layer.out_channels}, "
+        source = direct_source(layer, shape_in, vw, self.precision)
+        label = (f"layer {index} ({self.name} {layer.in_channels}->{layer.out_channels}, "
                  f"k {'x'.join(map(str, layer.kernel))}, n {'x'.join(map(str, shape_in[2:]))})")
         module = load_kernel(source, label, toolchain)
-        return ConvStep(module, layer, shape_in, pack_weights(*weights, block.ob), threads)
+        return ConvStep(module, layer, shape_in,
+                        pack_weights(*weights, block.ob, self.precision), threads)

@@ -388,6 +388,7 @@ class FftConv:
     convs (after max-filtered pools) run as their :func:`undilated` equivalents."""
 
     layer_kind = "conv"
+    precision = "fp32"
 
     def __init__(self, pruned: bool, task_parallel: bool, lean: bool = False) -> None:
         self.pruned = pruned

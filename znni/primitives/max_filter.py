@@ -42,6 +42,7 @@ class MaxFilter:
 
     name = "maxfilter"
     layer_kind = "pool"
+    precision = "fp32"
 
     def supports(self, layer: Layer) -> bool:
         return isinstance(layer, Pool) and layer.max_filter

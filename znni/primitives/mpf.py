@@ -62,6 +62,7 @@ class MaxPoolFragments:
 
     name = "mpf"
     layer_kind = "pool"
+    precision = "fp32"
 
     def supports(self, layer: Layer) -> bool:
         return isinstance(layer, Pool) and not layer.max_filter

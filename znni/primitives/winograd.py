@@ -118,6 +118,7 @@ class WinogradConv:
     V·XV tiles, output maps padded to the block)."""
 
     layer_kind = "conv"
+    precision = "fp32"
 
     def __init__(self, tile: str) -> None:
         self.tile: WinogradTile = TILES[tile]

@@ -14,6 +14,7 @@ from ..errors import NumericError, PlanError
 from ..planner.plan import Plan, PrimitiveChoice, default_patch, make_plan
 from ..planner.search import default_budget
 from ..planner.search import plan as search_plan
+from ..precision import check_precision
 from ..spec import Network, Vec3
 from .executor import CompiledPlan, finite
 from .pipeline import run_batches
@@ -116,10 +117,12 @@ PROCESS_BYTES = 128 << 20  # measured ~75 MiB after a small run, doubled
 
 def plan_for_volume(net: Network, extent: Vec3, patch: Vec3 | None, memory: int | None,
                     primitives: PrimitiveChoice = None, threads: int | None = None,
-                    held_bytes: int = 0) -> Plan:
+                    held_bytes: int = 0, precision: str = "fp32") -> Plan:
     """The plan for a volume of output ``extent``. With a patch or a fixed primitive choice:
-    that patch (default: the largest fitting) and choice; otherwise the planner's search.
-    ``held_bytes`` (the volumes in RAM) and the process itself come out of the budget."""
+    that patch (default: the largest fitting) and choice; otherwise the planner's search
+    (``precision``: see :func:`znni.planner.plan`). ``held_bytes`` (the volumes in RAM) and
+    the process itself come out of the budget."""
+    check_precision(precision)
     budget = memory if memory is not None else default_budget()
     room = budget - held_bytes - PROCESS_BYTES
     if room <= 0:
@@ -127,7 +130,12 @@ def plan_for_volume(net: Network, extent: Vec3, patch: Vec3 | None, memory: int 
                         f"input and output volumes ({held_bytes / 2**30:.2f} GiB) and znni itself",
                         "raise --memory, or process the volume in pieces")
     if patch is None and primitives in (None, "auto"):
-        return search_plan(net, room, threads, extent=extent)
+        return search_plan(net, room, threads, extent=extent, precision=precision)
+    if precision != "fp32":
+        raise PlanError(f"precision {precision} is the planner's choice per layer, and a fixed "
+                        "patch or primitive skips the planner",
+                        "drop the patch and primitive, or name direct-bf16 for the inner "
+                        "layers in a per-layer primitive mapping")
     if patch is None:
         patch = default_patch(net, extent, room, primitives)
     return make_plan(net, patch, 1, primitives)
@@ -136,7 +144,8 @@ def plan_for_volume(net: Network, extent: Vec3, patch: Vec3 | None, memory: int 
 def infer(net: Network, volume: np.ndarray, patch: Vec3 | None = None, *,
           plan: Plan | None = None, primitives: PrimitiveChoice = None,
           threads: int | None = None, memory: int | None = None, mode: str = "valid",
-          progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+          progress: Callable[[int, int], None] | None = None,
+          precision: str = "fp32") -> np.ndarray:
     """Dense output ``(C_out, Z−FOVz+1, Y−FOVy+1, X−FOVx+1)`` of ``net`` on ``volume``.
 
     ``volume`` is ``(Z, Y, X)`` or ``(C, Z, Y, X)``; float32 is used as is, uint8/uint16 scaled
@@ -147,17 +156,19 @@ def infer(net: Network, volume: np.ndarray, patch: Vec3 | None = None, *,
     ``"fft-pruned-data"``) or a ``{layer index: name}`` mapping — fix those instead (the rest
     by the simple ``auto`` rule, the patch as the largest that fits). A saved ``plan`` fixes
     everything. ``mode="same"`` reflects the input at its border so that the output is as large
-    as the input and aligned with it.
+    as the input and aligned with it. ``precision="bf16"`` lets the planner run the inner conv
+    layers in bf16 where faster (float32 accumulation; docs/design.md §5.7).
     """
     return infer_with_stats(net, volume, patch, plan=plan, primitives=primitives,
-                            threads=threads, memory=memory, mode=mode, progress=progress)[0]
+                            threads=threads, memory=memory, mode=mode, progress=progress,
+                            precision=precision)[0]
 
 
 def infer_with_stats(net: Network, volume: np.ndarray, patch: Vec3 | None = None, *,
                      plan: Plan | None = None, primitives: PrimitiveChoice = None,
                      threads: int | None = None, memory: int | None = None,
                      mode: str = "valid", progress: Callable[[int, int], None] | None = None,
-                     ) -> tuple[np.ndarray, InferStats]:
+                     precision: str = "fp32") -> tuple[np.ndarray, InferStats]:
     net.require_weights()
     check_mode(mode)
     raw = np.asarray(volume)
@@ -169,7 +180,8 @@ def infer_with_stats(net: Network, volume: np.ndarray, patch: Vec3 | None = None
     out_bytes = 4 * net.output_channels * int(np.prod(extent))
     if plan is None:
         plan = plan_for_volume(net, extent, None if patch is None else net.check_patch(patch),
-                               memory, primitives, threads, held_bytes=vol.nbytes + out_bytes)
+                               memory, primitives, threads, held_bytes=vol.nbytes + out_bytes,
+                               precision=precision)
     compiled = CompiledPlan(plan, net, threads or config.default_threads())
     start = time.perf_counter()
     out = np.empty((net.output_channels, *extent), np.float32)

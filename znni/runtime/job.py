@@ -138,14 +138,15 @@ def infer_volume(net: Network, src: str, dst: str, *, plan: Plan | None = None,
                  memory: int | str | None = None, threads: int | None = None, mode: str = "valid",
                  bbox: str | None = None, output_dtype: str = "float32",
                  progress: Callable[[int, int, VolumeStats], None] | None = None,
-                 client: Any = None) -> VolumeStats:
+                 client: Any = None, precision: str = "fp32") -> VolumeStats:
     """Dense inference of ``net`` from the volume at ``src`` into ``dst`` (see the module
     docstring; formats in :mod:`~znni.runtime.storage`). ``plan``: a saved plan; else one made
     as :func:`znni.infer` makes it (``patch``, ``primitives``), within ``memory`` bytes (int or
     ``"4GiB"``; default: 80 % of the available RAM) less one block — per worker. ``bbox``:
     ``"z0:z1,y0:y1,x0:x1"`` of the input. ``progress(done, total, stats)`` after each block.
     ``client``: a ``distributed.Client`` to farm the blocks out to (:mod:`.cluster`); each
-    worker runs ``threads`` kernel threads. Returns what this run did.
+    worker runs ``threads`` kernel threads. ``precision``: as :func:`znni.infer`. Returns what
+    this run did.
 
     In order: every check and the plan (:func:`prepare_job`; nothing on disk is touched), the
     output's lock (:mod:`.lock`; held to the end), the kernels (compiled here for a local run),
@@ -154,7 +155,7 @@ def infer_volume(net: Network, src: str, dst: str, *, plan: Plan | None = None,
     if client is not None:
         check_output(dst)
     job = prepare_job(net, src, dst, plan, patch, primitives, memory, threads, mode, bbox,
-                      output_dtype)
+                      output_dtype, precision)
     with output_lock(lock_path(dst), dst):
         job.ledger().check()
         try:
@@ -232,7 +233,8 @@ def _run(job: VolumeJob, progress: Callable[[int, int, VolumeStats], None] | Non
 
 def prepare_job(net: Network, src: str, dst: str, plan: Plan | None, patch: Vec3 | None,
                 primitives: PrimitiveChoice, memory: int | str | None, threads: int | None,
-                mode: str, bbox: str | None, output_dtype: str) -> VolumeJob:
+                mode: str, bbox: str | None, output_dtype: str,
+                precision: str = "fp32") -> VolumeJob:
     """Check everything and plan: a job ready to run, locally or on a cluster. Touches nothing
     on disk: the output and its ledger are made by :func:`infer_volume`, under the lock."""
     check_mode(mode)
@@ -259,7 +261,8 @@ def prepare_job(net: Network, src: str, dst: str, plan: Plan | None, patch: Vec3
         budget = None if memory is None else config.parse_bytes(memory)
         plan = plan_for_volume(net, extent,
                                None if patch is None else net.check_patch(patch), budget,
-                               primitives, threads, held_bytes=BLOCK_BYTES)
+                               primitives, threads, held_bytes=BLOCK_BYTES,
+                               precision=precision)
     check_plan(plan, net)
     if saved:  # a saved plan: sized for this volume and --memory (planner/search.py)
         check_saved_plan(plan, net, extent, memory)
