@@ -1,13 +1,13 @@
 """DAG networks: znni against PyTorch on a valid U-Net (whole volume) and MONAI's BasicUNet
 (sliding windows with Gaussian blending), same run, alternating, medians.
 
-    python bench/unet.py [--repeats 3] [--threads N] [--volume 1] [--roi 64]
+    python bench/unet.py [--repeats 3] [--threads N] [--volume 20] [--roi 64] [--blocks]
 
 - Valid U-Net (funlib/LSD style, written here): 1 → 12 → 36 → 108 maps, 3×3×3 convs (1×3×3 on
   the first level), max pools (1,2,2) and (2,2,2), transposed-conv up-sampling, centre-cropped
   concat skips, sigmoid head. The volume is the smallest input plus ``--volume`` steps of the
-  downsampling; PyTorch runs it whole, znni in one block (``infer_graph``) and, with
-  ``--blocks``, in exact blocks of the smallest input.
+  downsampling; PyTorch runs it whole, znni as its planner chooses (``infer_graph``; here one
+  block) and, with ``--blocks``, in exact blocks of 4 steps over the smallest input.
 - BasicUNet (MONAI, batch norm, deconvolution, default features 32…256): a 96³ volume in
   ``--roi``³ windows, overlap 0.25, Gaussian blending: ``sliding_window_inference`` against
   znni's ``sliding_window``.
@@ -97,9 +97,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=znni.config.default_threads())
-    parser.add_argument("--volume", type=int, default=1, help="steps above the smallest input")
+    parser.add_argument("--volume", type=int, default=20, help="steps above the smallest input")
     parser.add_argument("--roi", type=int, default=64)
-    parser.add_argument("--blocks", action="store_true")
+    parser.add_argument("--blocks", action="store_true",
+                        help="also znni in exact blocks of 4 downsampling steps over the "
+                        "smallest input")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -118,10 +120,11 @@ def main() -> None:
 
     with torch.no_grad():
         runs = {"pytorch": torch_whole,
-                "znni (one block)": lambda: infer_graph(graph, x, threads=args.threads)}
+                "znni (planned)": lambda: infer_graph(graph, x, threads=args.threads)}
         if args.blocks:
-            runs["znni (smallest blocks)"] = lambda: infer_graph(
-                graph, x, shapes.smallest_input, threads=args.threads)
+            block = tuple(n + 4 * s for n, s in zip(shapes.smallest_input, shapes.step,
+                                                    strict=True))
+            runs["znni (blocks)"] = lambda: infer_graph(graph, x, block, threads=args.threads)
         medians, outs = alternate(runs, args.repeats)
     report(f"valid U-Net 12-36-108 on {list(size)}", int(np.prod(outs["pytorch"].shape[1:])),
            medians, outs)

@@ -138,6 +138,11 @@ def test_cli_imports_plans_and_infers_a_dag(tmp_path) -> None:
     with torch.no_grad():
         expected = model(torch.from_numpy(x)[None, None])[0].numpy()
     assert relative_error(np.load(tmp_path / "out.npy"), expected.astype(np.float64)) < 1e-4
+    zarr = pytest.importorskip("zarr")  # block by block into a chunked store
+    result = runner.invoke(main, [*args[:7], str(tmp_path / "out.zarr"), *args[8:]])
+    assert result.exit_code == 0, result.output
+    stored = np.asarray(zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...])
+    assert relative_error(stored, expected.astype(np.float64)) < 1e-4
     again = runner.invoke(main, args)  # the output exists: refused, left as it was
     assert again.exit_code == 2 and "exists" in again.output
     same = runner.invoke(main, [*args[:6], "--output", str(tmp_path / "in.npy"), *args[8:]])

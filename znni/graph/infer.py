@@ -1,9 +1,9 @@
-"""Dense inference of a DAG network over a volume in memory, block by block with exact
-tiling (docs/design.md §8.1)."""
+"""Dense inference of a valid DAG network block by block with exact tiling (docs/design.md
+§8.1): over a volume in memory, or any reader and writer (volumes on disk, graph/job.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -14,19 +14,49 @@ from .executor import CompiledGraph
 from .nodes import Vec3
 from .planner import plan_graph
 from .spec import Graph
-from .tiling import exact_tiling
+from .tiling import GraphTiling, exact_tiling
+
+Reader = Callable[[Vec3, Vec3], np.ndarray]
+Writer = Callable[[Vec3, np.ndarray], None]
+
+
+def compile_tiles(graph: Graph, extent: Vec3, block: Vec3 | None, threads: int | None,
+                  memory: int | str | None, primitives: Mapping[str, str] | None = None
+                  ) -> tuple[GraphTiling, CompiledGraph]:
+    """The exact tiling of an input of ``extent`` voxels and the net compiled for its blocks:
+    ``block`` input voxels (rounded down to sizes the net takes; default: the planner's block
+    and primitives within ``memory``), conv node → primitive as ``primitives`` says (default:
+    the ``auto`` rule)."""
+    graph.require_weights()
+    if block is None:
+        plan = plan_graph(graph, memory, threads, extent)
+        block, primitives = plan.block_input, dict(plan.primitives)
+    tiling = exact_tiling(graph, extent, block)
+    compiled = CompiledGraph(graph, tiling.block_input, threads or config.default_threads(),
+                             primitives if tiling.block_input == block else None)
+    return tiling, compiled
+
+
+def run_tiles(tiling: GraphTiling, compiled: CompiledGraph, read: Reader,
+              write: Writer) -> None:
+    """Every block: ``read(start, stop)`` its input ``(C, z, y, x)`` float32, run it, and
+    ``write(start, data)`` the outputs no earlier block wrote. Memory: one block."""
+    n = tiling.block_input
+    for tile in tiling.tiles:
+        s = tile.start
+        y = compiled.run(np.ascontiguousarray(read(s, (s[0] + n[0], s[1] + n[1],
+                                                       s[2] + n[2]))))
+        w = [tile.write[a] - s[a] for a in range(3)]
+        write(tile.write, y[:, w[0]:, w[1]:, w[2]:])
 
 
 def infer_graph(graph: Graph, volume: np.ndarray, block: Vec3 | None = None,
                 threads: int | None = None, memory: int | str | None = None,
                 primitives: Mapping[str, str] | None = None) -> np.ndarray:
     """The output ``(C_out, z, y, x)`` of a valid DAG network on ``volume`` (``(Z, Y, X)`` or
-    ``(C, Z, Y, X)``; uint8/uint16 scaled to [0, 1]), computed in blocks of ``block`` input
-    voxels (rounded down to sizes the net takes; default: the planner's block and primitives
-    within ``memory``), conv node → primitive as ``primitives`` says (default: the ``auto``
-    rule). Output voxel ``j`` is the one whose context starts at input voxel ``j``; input past
-    the largest size the net takes is not used."""
-    graph.require_weights()
+    ``(C, Z, Y, X)``; uint8/uint16 scaled to [0, 1]), in blocks (:func:`compile_tiles`).
+    Output voxel ``j`` is the one whose context starts at input voxel ``j``; input past the
+    largest size the net takes is not used."""
     arr = np.asarray(volume)
     if arr.ndim == 3:
         arr = arr[None]
@@ -35,20 +65,16 @@ def infer_graph(graph: Graph, volume: np.ndarray, block: Vec3 | None = None,
                          f"{graph.input_channels} input channel(s)",
                          "pass (C, Z, Y, X), or (Z, Y, X) for one channel")
     vol = as_float32(arr)
-    extent = (vol.shape[1], vol.shape[2], vol.shape[3])
-    if block is None:
-        plan = plan_graph(graph, memory, threads, extent)
-        block, primitives = plan.block_input, dict(plan.primitives)
-    tiling = exact_tiling(graph, extent, block)
-    compiled = CompiledGraph(graph, tiling.block_input, threads or config.default_threads(),
-                             primitives if tiling.block_input == block else None)
+    tiling, compiled = compile_tiles(graph, (vol.shape[1], vol.shape[2], vol.shape[3]), block,
+                                     threads, memory, primitives)
     out = np.empty((graph.output_channels, *tiling.output_extent), np.float32)
-    n, m = tiling.block_input, tiling.block_output
-    for tile in tiling.tiles:
-        s = tile.start
-        x = np.ascontiguousarray(vol[:, s[0]:s[0] + n[0], s[1]:s[1] + n[1], s[2]:s[2] + n[2]])
-        y = compiled.run(x)
-        w = [tile.write[a] - s[a] for a in range(3)]
-        out[:, tile.write[0]:s[0] + m[0], tile.write[1]:s[1] + m[1],
-            tile.write[2]:s[2] + m[2]] = y[:, w[0]:, w[1]:, w[2]:]
+
+    def read(start: Vec3, stop: Vec3) -> np.ndarray:
+        return vol[:, start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]]
+
+    def write(start: Vec3, data: np.ndarray) -> None:
+        out[:, start[0]:start[0] + data.shape[1], start[1]:start[1] + data.shape[2],
+            start[2]:start[2] + data.shape[3]] = data
+
+    run_tiles(tiling, compiled, read, write)
     return out

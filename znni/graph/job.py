@@ -1,13 +1,15 @@
 """``znni infer`` for DAG networks: a volume on disk through a graph, into a new output.
 
-The volume is read whole and the output computed in memory (exact blocks for valid nets,
-blended windows for padded ones), then written. Out-of-core blocks, resuming and Dask — what
-chain nets have (runtime/job.py) — are not built for graphs yet; the output must not exist, and
-a failed run removes what it wrote.
+Valid nets run out of core: each exact block reads its input region from the volume and writes
+its outputs to the new output (memory: one block). Padded nets blend overlapping windows, which
+is done in memory (the volume and its output). Resuming and Dask — what chain nets have
+(runtime/job.py) — are not built for graphs yet: the output must not exist, and a failed run
+removes what it wrote.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,13 +17,15 @@ import numpy as np
 from ..errors import ShapeError, VolumeError
 from ..runtime.identity import check_distinct
 from ..runtime.storage import (
+    OutputVolume,
     check_output_spec,
     open_input,
     open_output,
     remove_output,
     volume_path,
 )
-from .infer import infer_graph
+from ..runtime.volume import as_float32
+from .infer import compile_tiles, run_tiles
 from .nodes import Conv, Vec3
 from .planner import plan_graph
 from .sliding import sliding_window
@@ -54,19 +58,33 @@ def infer_graph_volume(graph: Graph, src: str, dst: str, patch: Vec3 | None,
         raise ShapeError(f"input volume has {volume.shape[0]} channel(s), network "
                          f"{graph.name!r} expects {graph.input_channels}",
                          "stack the channels on the first axis")
-    data = volume.read((0, 0, 0), volume.shape[1:])
-    extent = (data.shape[1], data.shape[2], data.shape[3])
-    if padded(graph):
+    extent = (volume.shape[1], volume.shape[2], volume.shape[3])
+    if padded(graph):  # blending adds overlapping windows: in memory
+        data = volume.read((0, 0, 0), extent)
         roi = patch or plan_graph(graph, memory, threads, extent, overlap).block_input
         out = sliding_window(graph, data, roi, overlap, blend, threads)
-    else:
-        out = infer_graph(graph, data, patch, threads, memory)
-    shape = (out.shape[0], out.shape[1], out.shape[2], out.shape[3])
-    target = open_output(dst, shape, "float32", (shape[0], *(min(64, n) for n in shape[1:])))
+        shape = (out.shape[0], out.shape[1], out.shape[2], out.shape[3])
+        _write_new(dst, shape, lambda target: target.write((0, 0, 0), out))
+        return GraphRun(shape, True)
+    tiling, compiled = compile_tiles(graph, extent, patch, threads, memory)
+    shape = (graph.output_channels, *tiling.output_extent)
+
+    def read(start: Vec3, stop: Vec3) -> np.ndarray:
+        return as_float32(volume.read(start, stop))
+
+    _write_new(dst, shape, lambda target: run_tiles(tiling, compiled, read, target.write))
+    return GraphRun(shape, False)
+
+
+def _write_new(dst: str, shape: tuple[int, int, int, int],
+               fill: Callable[[OutputVolume], None]) -> None:
+    """Create ``dst`` (chunks of up to 64³) and ``fill`` it; a failure removes it (it did not
+    exist before)."""
+    c, z, y, x = shape
+    target = open_output(dst, shape, "float32", (c, min(z, 64), min(y, 64), min(x, 64)))
     try:
-        target.write((0, 0, 0), np.ascontiguousarray(out))
+        fill(target)
         target.close()
     except BaseException:
         remove_output(dst, whole_file=True)
         raise
-    return GraphRun(shape, padded(graph))

@@ -95,7 +95,8 @@ def transform_weights(w: np.ndarray, b: np.ndarray, axes: Tiles,
     rounded."""
     fo, fi = w.shape[:2]
     gz, gy, gx = (np.array(t.g, dtype=np.float64) for t in axes)
-    u = np.einsum("ai,bj,ck,oxijk->abcxo", gz, gy, gx, w.astype(np.float64))
+    # axis by axis (optimize): the one-shot 4-operand contraction took ~3 s on 256² maps
+    u = np.einsum("ai,bj,ck,oxijk->abcxo", gz, gy, gx, w.astype(np.float64), optimize=True)
     p = positions(axes)
     padded = np.zeros((p, fi, -(-fo // ob) * ob), np.float32)
     padded[:, :, :fo] = u.reshape(p, fi, fo)
