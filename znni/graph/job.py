@@ -9,18 +9,24 @@ removes what it wrote.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ShapeError, VolumeError
+from .. import config
+from ..errors import PlanError, ShapeError, VolumeError
+from ..planner.search import default_budget
+from ..primitives.base import FLOAT_BYTES
 from ..runtime.identity import check_distinct
+from ..runtime.infer import PROCESS_BYTES
 from ..runtime.storage import (
     OutputVolume,
     check_output_spec,
     open_input,
     open_output,
+    release_pages,
     remove_output,
     volume_path,
 )
@@ -59,21 +65,45 @@ def infer_graph_volume(graph: Graph, src: str, dst: str, patch: Vec3 | None,
                          f"{graph.name!r} expects {graph.input_channels}",
                          "stack the channels on the first axis")
     extent = (volume.shape[1], volume.shape[2], volume.shape[3])
+    budget = config.parse_bytes(memory) if memory is not None else default_budget()
     if padded(graph):  # blending adds overlapping windows: in memory
+        # held besides the windows: the volume, the weighted sums and their weights
+        held = FLOAT_BYTES * math.prod(extent) * (graph.input_channels
+                                                  + graph.output_channels + 1)
         data = volume.read((0, 0, 0), extent)
-        roi = patch or plan_graph(graph, memory, threads, extent, overlap).block_input
+        roi = patch or plan_graph(graph, _room(budget, held), threads, extent,
+                                  overlap).block_input
         out = sliding_window(graph, data, roi, overlap, blend, threads)
         shape = (out.shape[0], out.shape[1], out.shape[2], out.shape[3])
         _write_new(dst, shape, lambda target: target.write((0, 0, 0), out))
         return GraphRun(shape, True)
-    tiling, compiled = compile_tiles(graph, extent, patch, threads, memory)
+    tiling, compiled = compile_tiles(graph, extent, patch, threads, _room(budget, 0))
     shape = (graph.output_channels, *tiling.output_extent)
 
     def read(start: Vec3, stop: Vec3) -> np.ndarray:
-        return as_float32(volume.read(start, stop))
+        data = as_float32(volume.read(start, stop))
+        release_pages(volume.array)
+        return data
 
-    _write_new(dst, shape, lambda target: run_tiles(tiling, compiled, read, target.write))
+    def fill(target: OutputVolume) -> None:
+        def write(start: Vec3, data: np.ndarray) -> None:
+            target.write(start, data)
+            release_pages(target.array)
+
+        run_tiles(tiling, compiled, read, write)
+
+    _write_new(dst, shape, fill)
     return GraphRun(shape, False)
+
+
+def _room(budget: int, held: int) -> int:
+    """What the blocks may use of ``budget``: less ``held`` and the process itself."""
+    room = budget - held - PROCESS_BYTES
+    if room <= 0:
+        raise PlanError(f"the memory budget of {budget / 2**30:.2f} GiB does not hold the "
+                        f"volumes in memory ({held / 2**30:.2f} GiB) and znni itself",
+                        "raise --memory, or process the volume in pieces")
+    return room
 
 
 def _write_new(dst: str, shape: tuple[int, int, int, int],

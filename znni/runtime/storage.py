@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ShapeError, ZnniError
+from ..primitives.base import release_tail
 
 INPUT_DTYPES = (np.uint8, np.uint16, np.float32)
 OUTPUT_DTYPES = ("float32", "uint8")
@@ -167,6 +168,17 @@ class OutputVolume:
         self.flush()
         if self.handle is not None:
             self.handle.close()
+
+
+def release_pages(array: Any) -> None:
+    """Drop the pages of a memory-mapped ``.npy`` (flushed first if writable) from this
+    process: they stay in the page cache, but no longer count in its resident set, which
+    otherwise grows by every block read or written until it holds both volumes (other
+    formats: nothing to do)."""
+    if isinstance(array, np.memmap) and array.size:
+        if array.flags.writeable:
+            array.flush()
+        release_tail(array.reshape(-1), 0)
 
 
 def check_output_spec(spec: str, dtype: str) -> None:
