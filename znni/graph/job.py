@@ -19,6 +19,7 @@ from .. import config
 from ..errors import PlanError, ShapeError, VolumeError
 from ..planner.search import default_budget
 from ..primitives.base import FLOAT_BYTES
+from ..runtime.allocator import fixed_mmap_threshold
 from ..runtime.identity import check_distinct
 from ..runtime.infer import PROCESS_BYTES
 from ..runtime.storage import (
@@ -55,6 +56,7 @@ def infer_graph_volume(graph: Graph, src: str, dst: str, patch: Vec3 | None,
     """Run ``graph`` on the volume ``src`` into the new volume ``dst``. ``patch``: the window
     (input voxels) of each block; default: the planner's within ``memory``."""
     check_output_spec(dst, "float32")
+    fixed_mmap_threshold()
     volume = open_input(src)
     check_distinct(src, volume_path(src), dst, {"the output": volume_path(dst)})
     if volume_path(dst).exists():
