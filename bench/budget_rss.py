@@ -24,6 +24,16 @@ from znni.config import parse_bytes
 from znni.synthetic import em_like_volume
 
 
+def znni_peak_rss(args: list[str]) -> tuple[subprocess.CompletedProcess[str], int | None]:
+    """``python -m znni ARGS`` under ``/usr/bin/time -v``: the run and its maximum resident
+    set size in bytes (None if it failed)."""
+    run = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "znni", *args],
+                         capture_output=True, text=True, check=False)
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr)
+    ok = run.returncode == 0 and match is not None
+    return run, int(match.group(1)) * 1024 if ok and match else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nets", default="n337,n537,n726,n926")
@@ -38,15 +48,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "in.npy", Path(tmp) / "out.npy"
             np.save(src, em_like_volume(shape, seed=0))
-            run = subprocess.run(
-                ["/usr/bin/time", "-v", sys.executable, "-m", "znni", "infer", name,
-                 "--random-weights", "0", "--input", str(src), "--output", str(dst),
-                 "--memory", args.memory], capture_output=True, text=True, check=False)
-        match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr)
-        if run.returncode != 0 or match is None:
+            run, peak = znni_peak_rss(["infer", name, "--random-weights", "0", "--input",
+                                       str(src), "--output", str(dst), "--memory",
+                                       args.memory])
+        if peak is None:
             print(f"{name}: infer failed\n{run.stderr[-2000:]}")
             continue
-        peak = int(match.group(1)) * 1024
         print(f"{name}: volume {shape} (sized from the budget-wide plan {p.output_patch}), "
               f"peak RSS {peak / 2**30:.2f} GiB = {100 * peak / budget:.0f} % of "
               f"{args.memory}; {run.stdout.strip()}")

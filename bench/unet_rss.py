@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from budget_rss import znni_peak_rss
 from unet import valid_unet
 
 from znni.config import parse_bytes
@@ -49,15 +47,12 @@ def main() -> None:
             graph.save_weights(weights)
             src, dst = Path(tmp) / "in.npy", Path(tmp) / "out.npy"
             np.save(src, np.random.default_rng(0).random(shape, dtype=np.float32))
-            run = subprocess.run(
-                ["/usr/bin/time", "-v", sys.executable, "-m", "znni", "infer", str(spec),
-                 "--weights", str(weights), "--input", str(src), "--output", str(dst),
-                 "--memory", args.memory], capture_output=True, text=True, check=False)
-        match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr)
-        if run.returncode != 0 or match is None:
+            run, peak = znni_peak_rss(["infer", str(spec), "--weights", str(weights),
+                                       "--input", str(src), "--output", str(dst),
+                                       "--memory", args.memory])
+        if peak is None:
             print(f"{name}: infer failed\n{run.stderr[-2000:]}")
             continue
-        peak = int(match.group(1)) * 1024
         print(f"{name}: volume {list(shape)}, planned block {list(plan.block_input)} (peak "
               f"{plan.peak_bytes / 2**30:.2f} GiB predicted for the block), peak RSS "
               f"{peak / 2**30:.2f} GiB = {100 * peak / budget:.0f} % of {args.memory}; "

@@ -83,10 +83,14 @@ def _parse_patch(text: str | None) -> Vec3 | None:
     return (values[0], values[1], values[2])
 
 
-def _network(spec: str, weights: str | None, seed: int | None) -> Network:
+def _check_weights_choice(weights: str | None, seed: int | None) -> None:
     if (weights is None) == (seed is None):
         raise ZnniError("give exactly one of --weights W.npz or --random-weights SEED",
                         "trained weights come from --weights; benchmarks use --random-weights")
+
+
+def _network(spec: str, weights: str | None, seed: int | None) -> Network:
+    _check_weights_choice(weights, seed)
     from .spec import load
 
     net = load(spec)
@@ -108,9 +112,7 @@ def _graph(spec: str, weights: str | None, seed: int | None) -> Graph | None:
     data = parse_json(read_text(path, "network spec", SpecError, hint), spec, SpecError, hint)
     if not isinstance(data, dict) or "nodes" not in data:
         return None
-    if (weights is None) == (seed is None):
-        raise ZnniError("give exactly one of --weights W.npz or --random-weights SEED",
-                        "trained weights come from --weights; benchmarks use --random-weights")
+    _check_weights_choice(weights, seed)
     from .graph import load_graph
 
     graph = load_graph(data)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -64,6 +65,29 @@ def importance_map(roi: Vec3, blend: str) -> np.ndarray:
     return out
 
 
+def blend_windows(vol: np.ndarray, roi: Vec3, overlap: float, blend: str,
+                  run: Callable[[np.ndarray], np.ndarray], channels: int) -> np.ndarray:
+    """``run`` on every window of ``vol`` ``(C, Z, Y, X)`` (each side ≥ the roi's), its
+    ``channels`` outputs blended by :func:`importance_map` (``none``: first window wins)."""
+    image = vol.shape[1:]
+    weights = importance_map(roi, blend)
+    out = np.zeros((channels, *image), np.float32)
+    total = np.zeros(image, np.float32)
+    starts = [window_starts(image[a], roi[a], overlap) for a in range(3)]
+    for z, y, x in itertools.product(*starts):
+        box = (slice(z, z + roi[0]), slice(y, y + roi[1]), slice(x, x + roi[2]))
+        result = run(np.ascontiguousarray(vol[(slice(None), *box)]))
+        if blend == "none":
+            fresh = total[box] == 0
+            out[(slice(None), *box)][:, fresh] = result[:, fresh]
+            total[box][fresh] = 1
+            continue
+        out[(slice(None), *box)] += result * weights
+        total[box] += weights
+    out /= total
+    return out
+
+
 def sliding_window(graph: Graph, volume: np.ndarray, roi: Vec3, overlap: float = 0.25,
                    blend: str = "gaussian", threads: int | None = None) -> np.ndarray:
     """The output ``(C_out, Z, Y, X)`` of a net whose output is as large as its input (same
@@ -88,22 +112,7 @@ def sliding_window(graph: Graph, volume: np.ndarray, roi: Vec3, overlap: float =
             - max(roi[a] - extent[a], 0) // 2) for a in range(3)]
     if any(p for pair in pad for p in pair):
         vol = np.pad(vol, [(0, 0), *pad])
-    image = vol.shape[1:]
     compiled = CompiledGraph(graph, roi, threads or config.default_threads())
-    weights = importance_map(roi, blend)
-    out = np.zeros((graph.output_channels, *image), np.float32)
-    total = np.zeros(image, np.float32)
-    starts = [window_starts(image[a], roi[a], overlap) for a in range(3)]
-    for z, y, x in itertools.product(*starts):
-        box = (slice(z, z + roi[0]), slice(y, y + roi[1]), slice(x, x + roi[2]))
-        result = compiled.run(np.ascontiguousarray(vol[(slice(None), *box)]))
-        if blend == "none":
-            fresh = total[box] == 0
-            out[(slice(None), *box)][:, fresh] = result[:, fresh]
-            total[box][fresh] = 1
-            continue
-        out[(slice(None), *box)] += result * weights
-        total[box] += weights
-    out /= total
+    out = blend_windows(vol, roi, overlap, blend, compiled.run, graph.output_channels)
     crop = tuple(slice(p[0], p[0] + extent[a]) for a, p in enumerate(pad))
     return out[(slice(None), *crop)]

@@ -4,14 +4,13 @@ blended windows (padded nets; what MONAI's ``sliding_window_inference`` does).""
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np
 
 from ..torch_dense import require_torch
 from .nodes import INPUT, Act, Activation, Add, Concat, Conv, Pool, Upsample, Vec3
-from .sliding import importance_map, window_starts
+from .sliding import blend_windows
 from .spec import Graph
 
 
@@ -82,14 +81,4 @@ class GraphTorch:
     def windows(self, volume: np.ndarray, roi: Vec3, overlap: float) -> np.ndarray:
         """Gaussian-blended windows of ``roi`` (a volume at least that large), as
         :func:`~znni.graph.sliding.sliding_window` and MONAI place and weigh them."""
-        image = volume.shape[1:]
-        weights = importance_map(roi, "gaussian")
-        out = np.zeros((self.graph.output_channels, *image), np.float32)
-        total = np.zeros(image, np.float32)
-        starts = [window_starts(image[a], roi[a], overlap) for a in range(3)]
-        for z, y, x in itertools.product(*starts):
-            box = (slice(z, z + roi[0]), slice(y, y + roi[1]), slice(x, x + roi[2]))
-            out[(slice(None), *box)] += self(np.ascontiguousarray(
-                volume[(slice(None), *box)])) * weights
-            total[box] += weights
-        return out / total
+        return blend_windows(volume, roi, overlap, "gaussian", self, self.graph.output_channels)
