@@ -147,6 +147,13 @@ def test_cli_imports_plans_and_infers_a_dag(tmp_path) -> None:
     assert again.exit_code == 2 and "exists" in again.output
     same = runner.invoke(main, [*args[:6], "--output", str(tmp_path / "in.npy"), *args[8:]])
     assert same.exit_code == 2 and "overwrite the input" in same.output
+    from znni.runtime.lock import output_lock
+    from znni.runtime.storage import lock_path
+
+    busy = str(tmp_path / "busy.npy")
+    with output_lock(lock_path(busy), busy):  # another job writes it: refused, nothing made
+        taken = runner.invoke(main, [*args[:7], busy, *args[8:]])
+    assert taken.exit_code == 2 and not (tmp_path / "busy.npy").exists(), taken.output
 
 
 @pytest.mark.parametrize("which", ["unet", "basic_unet"])

@@ -22,9 +22,11 @@ from ..primitives.base import FLOAT_BYTES
 from ..runtime.allocator import fixed_mmap_threshold
 from ..runtime.identity import check_distinct
 from ..runtime.infer import PROCESS_BYTES
+from ..runtime.lock import output_lock
 from ..runtime.storage import (
     OutputVolume,
     check_output_spec,
+    lock_path,
     open_input,
     open_output,
     release_pages,
@@ -54,11 +56,20 @@ def infer_graph_volume(graph: Graph, src: str, dst: str, patch: Vec3 | None,
                        overlap: float, blend: str, threads: int | None,
                        memory: int | str | None = None) -> GraphRun:
     """Run ``graph`` on the volume ``src`` into the new volume ``dst``. ``patch``: the window
-    (input voxels) of each block; default: the planner's within ``memory``."""
+    (input voxels) of each block; default: the planner's within ``memory``. One job per
+    output: the output's lock (runtime/lock.py) is held from the check that it is new to the
+    end."""
     check_output_spec(dst, "float32")
+    check_distinct(src, volume_path(src), dst, {"the output": volume_path(dst),
+                                                "its lock file": lock_path(dst)})
+    with output_lock(lock_path(dst), dst):
+        return _infer_new(graph, src, dst, patch, overlap, blend, threads, memory)
+
+
+def _infer_new(graph: Graph, src: str, dst: str, patch: Vec3 | None, overlap: float,
+               blend: str, threads: int | None, memory: int | str | None) -> GraphRun:
     fixed_mmap_threshold()
     volume = open_input(src)
-    check_distinct(src, volume_path(src), dst, {"the output": volume_path(dst)})
     if volume_path(dst).exists():
         raise VolumeError(f"output {dst!r} exists", "DAG networks write a new output (no "
                           "resuming yet): delete it or choose another --output")
