@@ -204,6 +204,22 @@ def test_measure_effort_records_every_candidate_and_reuses_them(records, monkeyp
         plan(net, 64 << 20, effort="exhaustive")  # needs more rigour than was recorded
 
 
+def test_a_plan_stopped_by_the_timing_cap_is_repeated_without_timing(records,
+                                                                    monkeypatch) -> None:
+    """The safety net on how much tuning a network gets counts records, not rounds: a repeat
+    of a plan that the net stopped stops at once too."""
+    monkeypatch.setattr(search_module, "TIMINGS_PER_LAYER", 1)
+    net = znni.load("tiny")
+    first = plan(net, 64 << 20, effort="measure")
+    assert len(json.loads(records.path.read_text())) >= len(net.layers)
+
+    def no_more(*args, **kwargs):
+        raise AssertionError("a recorded timing was measured again")
+
+    monkeypatch.setattr(search_module, "measure", no_more)
+    assert plan(net, 64 << 20, effort="measure").layers == first.layers
+
+
 def test_long_runs_are_timed_once_after_one_warmup(monkeypatch) -> None:
     """A multi-second layer is not run five times: a long warm-up run ends the warm-up (even
     of an effort asking for two), and the time cap stops the repetitions after one."""

@@ -38,13 +38,16 @@ from .plan import (
     make_plan,
     patches_needed,
 )
-from .tuning import EFFORTS, Record, TuningRecords, measure, record_key
+from .tuning import EFFORTS, Record, TuningRecords, layer_signature, measure, record_key
 
 log = logging.getLogger("znni")
 
 EFFORT_LEVELS = ("estimate", *EFFORTS)
 #: Candidate plans whose layers effort=measure times at most (exhaustive: twice as many).
 MEASURED_CANDIDATES = 2
+#: Tuning a network stops once this many timings per layer (exhaustive: twice as many) are
+#: recorded: a safety net against re-rankings that keep promoting new candidates.
+TIMINGS_PER_LAYER = 8
 #: A candidate is timed only if predicted within this fraction of the best measured one.
 MEASURE_MARGIN = 0.1
 #: Primitives slower than this factor × a layer's best estimate are not timed (measure).
@@ -273,25 +276,28 @@ def _tune(net: Network, budget: int, dev: Device, records: TuningRecords, effort
     """Candidates ranked by measured costs: time the layers of the best candidate not yet
     fully measured, re-rank (unmeasured shapes now use the corrected model), and repeat while
     such a candidate is predicted within MEASURE_MARGIN of the best measured one, until
-    MEASURED_CANDIDATES candidates (exhaustive: twice as many) are fully measured. The stop
-    depends on the records, not on how many rounds this call ran, so a repeated plan finds
-    enough measured candidates and times nothing — even though the corrected model (and so
+    MEASURED_CANDIDATES candidates (exhaustive: twice as many) are fully measured, a round
+    times nothing new, or TIMINGS_PER_LAYER timings per layer are recorded. Every stop
+    depends on the records alone, not on how many rounds this call ran, so a repeated plan
+    stops where the last one did and times nothing — even though the corrected model (and so
     the ranking of unmeasured candidates) shifts with every record added. The best measured
     candidate leads."""
-    wanted = MEASURED_CANDIDATES * (2 if effort == "exhaustive" else 1)
-    rounds = 2 * wanted  # a safety net: each round normally completes one candidate
+    scale = 2 if effort == "exhaustive" else 1
+    signatures = {layer_signature(layer) for layer in net.layers}
     while True:
         costs = CostModel(dev, records, effort)
         found, too_big = _search(net, budget, costs, extent, batches, precision)
         measured = [p for p in found if _measured(p)]
         pending = [p for p in found if not _measured(p)]
-        if not pending or len(measured) >= wanted or rounds == 0 or (
+        if not pending or len(measured) >= scale * MEASURED_CANDIDATES or (
+                records.count(signatures, dev.threads, effort)
+                >= scale * TIMINGS_PER_LAYER * len(net.layers)) or (
                 measured and (pending[0].predicted_volume_throughput or 0)
                 < (1 - MEASURE_MARGIN) * (measured[0].predicted_volume_throughput or 0)):
             break
-        measure_layers(net, pending[0], costs, records, effort, dev.threads,
-                       precision=precision)
-        rounds -= 1
+        if not measure_layers(net, pending[0], costs, records, effort, dev.threads,
+                              precision=precision):
+            break
     if measured and found[0] is not measured[0]:
         found.remove(measured[0])
         found.insert(0, measured[0])
@@ -327,12 +333,12 @@ def _as_alternative(p: Plan, best: Plan) -> Alternative:
 
 def measure_layers(net: Network, plan: Plan, costs: CostModel, records: TuningRecords,
                    effort: str, threads: int, within: float = MEASURE_WITHIN,
-                   precision: str = "fp32") -> None:
+                   precision: str = "fp32") -> int:
     """Time, per layer of ``plan``, its chosen way and the other fitting ways whose modelled
     time is within ``within`` × the layer's best — per primitive its fresh form and its largest
     fitting in-place pass (smaller passes only redo more per-pass work); exhaustive: every
     fitting way — unless recorded at least as rigorously as ``effort``. Each timing is stored
-    as soon as it is taken."""
+    as soon as it is taken. Returns how many were taken."""
     room = plan.peak_bytes - held_bytes(plan.layers) - plan.resident_bytes
     todo: dict[str, tuple[Layer, Shape5, str, float]] = {}
     allowed = layer_precisions(net, precision)
@@ -365,6 +371,7 @@ def measure_layers(net: Network, plan: Plan, costs: CostModel, records: TuningRe
         log.info("tuning %d/%d: %s on %s", n, len(todo), name, shape_in)
         times = measure(layer, shape_in, name, threads, effort)
         records.add({key: Record(statistics.median(times), times, effort, estimate)})
+    return len(todo)
 
 
 def _way(lp: LayerPlan) -> tuple[str, int]:

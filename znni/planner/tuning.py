@@ -95,13 +95,20 @@ class TuningRecords:
             return None
         return record
 
+    def count(self, signatures: set[str], threads: int, effort: str) -> int:
+        """How many records of this machine time a layer of ``signatures`` on ``threads``
+        threads at least as rigorously as ``effort``: what tuning a network has done so far."""
+        return sum(1 for key, record in self._records.items()
+                   if _RANK.get(record.effort, 0) >= _RANK[effort]
+                   and _mine(key, threads, signatures))
+
     def corrections(self, threads: int) -> dict[str, float]:
         """Per primitive, the median measured/model ratio of this machine's records: applied
         to model estimates of shapes not measured yet."""
         ratios: dict[str, list[float]] = {}
         for key, record in self._records.items():
-            _, _, primitive, rec_threads, cpu, version = json.loads(key)
-            if rec_threads == threads and cpu == cpu_model() and version == __version__:
+            if _mine(key, threads):
+                primitive = json.loads(key)[2]
                 ratios.setdefault(primitive, []).append(record.seconds / record.model_seconds)
         return {p: statistics.median(r) for p, r in ratios.items()}
 
@@ -113,6 +120,14 @@ class TuningRecords:
                           "model_seconds": r.model_seconds}
                     for key, r in self._records.items()}
             write_private(self.path, json.dumps(data, indent=0, sort_keys=True).encode())
+
+
+def _mine(key: str, threads: int, signatures: set[str] | None = None) -> bool:
+    """Whether record ``key`` was timed on this CPU and znni version with ``threads`` threads
+    (and, given ``signatures``, on one of those layers)."""
+    signature, _, _, rec_threads, cpu, version = json.loads(key)
+    return (rec_threads == threads and cpu == cpu_model() and version == __version__
+            and (signatures is None or signature in signatures))
 
 
 def measure(layer: Layer, shape_in: Shape5, primitive: str, threads: int,
