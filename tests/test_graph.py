@@ -288,3 +288,48 @@ def test_the_dag_planner_fits_its_budget_and_grows_with_it() -> None:
     padded = load_graph(residual_spec())
     window = plan_graph(padded, 64 << 20).block_input
     assert all(n % 2 == 0 for n in window)  # windows on the downsampling grid
+
+
+def sliding_spec() -> dict:
+    """A ZNN-style sliding-window net with joins: a concat before the first pool, a residual
+    add after it, two pools and no up-sampling (one output voxel per 2x4x4 input voxels)."""
+    return {"version": 2, "name": "slide", "input_channels": 1, "nodes": [
+        conv("c0", "input", 3, [1, 3, 3]), conv("c1", "c0", 3, [3, 3, 3]),
+        {"name": "j0", "type": "concat", "inputs": ["c0", "c1"]},
+        {"name": "p0", "type": "pool", "inputs": ["j0"], "window": [1, 2, 2]},
+        conv("a", "p0", 5, [3, 3, 3]), conv("b", "p0", 5, [3, 1, 3]),
+        conv("b2", "b", 5, [3, 3, 1], activation="linear"),
+        {"name": "r", "type": "add", "inputs": ["a", "b2"]},
+        {"name": "act", "type": "activation", "inputs": ["r"], "activation": "elu",
+         "alpha": 0.5},
+        {"name": "p1", "type": "pool", "inputs": ["act"], "window": [2, 2, 2]},
+        conv("head", "p1", 2, [1, 3, 3], activation="sigmoid"),
+    ]}
+
+
+@pytest.mark.parametrize("block", [None, (20, 30, 27)])
+def test_sliding_window_nets_run_dense(block) -> None:
+    """A net whose pools no up-sampling undoes runs dense, pools as max filters: its output at
+    voxel j is the pooled net on the input shifted by j mod D, at j div D (the oracle)."""
+    import itertools
+
+    from znni.graph.dense import dense_graph
+    from znni.graph.infer import infer_graph
+    from znni.graph.report import describe
+
+    graph = load_graph(sliding_spec()).random_weights(6)
+    assert "pools as max filters" in describe(graph)
+    assert node_sizes(dense_graph(graph).nodes, (20, 30, 27))  # pitch 1: any size that fits
+    x = np.random.default_rng(7).random((23, 41, 38), dtype=np.float32)
+    dense = infer_graph(graph, x, block, threads=2)
+    report = shape_report(graph.nodes, graph.output)
+    d, n0, m0 = report.downsampling, report.smallest_input, report.output
+    fov = [n0[a] - (m0[a] - 1) * d[a] for a in range(3)]  # one output voxel's input window
+    assert dense.shape[1:] == tuple(x.shape[a] - fov[a] + 1 for a in range(3))
+    for r in itertools.product(*(range(k) for k in d)):
+        size = [n0[a] + (x.shape[a] - r[a] - n0[a]) // d[a] * d[a] for a in range(3)]
+        coarse = forward(graph, x[r[0]:r[0] + size[0], r[1]:r[1] + size[1],
+                                  r[2]:r[2] + size[2]])
+        m = coarse.shape[1:]
+        assert relative_error(dense[:, r[0]::d[0], r[1]::d[1], r[2]::d[2]][
+            :, :m[0], :m[1], :m[2]], coarse) < 1e-4

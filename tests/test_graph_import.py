@@ -36,6 +36,31 @@ def test_a_valid_unet_imports_and_tiles_like_pytorch_on_the_whole_volume() -> No
     assert relative_error(out, expected.astype(np.float64)) < 1e-4
 
 
+def test_torchscript_archives_import_without_trusting_pickles(tmp_path) -> None:
+    """A traced TorchScript U-Net (the safe file format) imports through torch.export's
+    converter, and equals the model; a file of neither kind says what to do."""
+    from znni.importers.graph_torch import UnsupportedModelError, load_graph_file
+
+    source = load_graph(unet_spec()).random_weights(3)
+    model = _torch_unet(source, torch)
+    report = shape_report(source.nodes, source.output)
+    traced = tuple(n + s for n, s in zip(report.smallest_input, report.step, strict=True))
+    torch.jit.trace(model, torch.zeros(1, 1, *traced)).save(str(tmp_path / "unet.pt"))
+    graph = load_graph_file(tmp_path / "unet.pt", traced)
+    x = np.random.default_rng(2).random(traced, dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)[None, None])[0].numpy()
+    assert relative_error(infer_graph(graph, x, threads=2), expected.astype(np.float64)) < 1e-4
+    plain = torch.nn.Sequential(torch.nn.Conv3d(2, 3, (1, 3, 3)), torch.nn.ELU(0.5),
+                                torch.nn.MaxPool3d(2), torch.nn.Conv3d(3, 2, 3)).eval()
+    torch.jit.script(plain).save(str(tmp_path / "plain.pt"))  # scripted, no size arithmetic
+    imported = load_graph_file(tmp_path / "plain.pt", (10, 12, 12))
+    assert [type(n).__name__ for n in imported.nodes] == ["Conv", "Pool", "Conv"]
+    torch.save(model.state_dict(), tmp_path / "pickled.pt")  # not TorchScript: a pickle
+    with pytest.raises(UnsupportedModelError, match="--trust-pickle"):
+        load_graph_file(tmp_path / "pickled.pt", traced)
+
+
 def _basic_unet():
     monai = pytest.importorskip("monai.networks.nets")
     model = monai.BasicUNet(spatial_dims=3, in_channels=1, out_channels=2,
@@ -143,8 +168,8 @@ def test_cli_imports_plans_and_infers_a_dag(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     stored = np.asarray(zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...])
     assert relative_error(stored, expected.astype(np.float64)) < 1e-4
-    again = runner.invoke(main, args)  # the output exists: refused, left as it was
-    assert again.exit_code == 2 and "exists" in again.output
+    again = runner.invoke(main, args)  # the same job again: every block is done
+    assert again.exit_code == 0 and "blocks already done" in again.output, again.output
     same = runner.invoke(main, [*args[:6], "--output", str(tmp_path / "in.npy"), *args[8:]])
     assert same.exit_code == 2 and "overwrite the input" in same.output
     from znni.runtime.lock import output_lock

@@ -217,8 +217,8 @@ def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
           precision: str, overlap: float, blend: str) -> None:
     """Dense inference of network SPEC (a JSON file or a bundled name) on a volume on disk,
     block by block (memory: the budget plus one block); resumable. A DAG spec (v2): --patch
-    is each block's input window (valid nets tile exactly; padded ones blend overlapping
-    windows); the volume is processed in memory."""
+    is each block's input (valid nets tile exactly) or window (padded nets blend overlapping
+    windows, block by block)."""
 
     def run() -> None:
         from .planner import Plan
@@ -228,13 +228,16 @@ def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
         graph = _graph(spec, weights, seed)
         if graph is not None:
             from .graph.job import infer_graph_volume
+            from .runtime.progress import progress_report
 
-            start = time.perf_counter()
-            done = infer_graph_volume(graph, input_path, output_path, _parse_patch(patch),
-                                      overlap, blend, _threads(threads), memory)
+            with progress_report(quiet) as report:
+                done = infer_graph_volume(graph, input_path, output_path, _parse_patch(patch),
+                                          overlap, blend, _threads(threads), memory, report)
             how = "blended windows" if done.blended else "exact blocks"
-            click.echo(f"wrote {output_path}: {list(done.output_shape)} ({how}) in "
-                       f"{time.perf_counter() - start:.2f} s")
+            skipped = (f"; {done.stats.blocks_skipped} blocks already done"
+                       if done.stats.blocks_skipped else "")
+            click.echo(f"wrote {output_path}: {list(done.output_shape)} ({how}{skipped}) in "
+                       f"{done.stats.seconds:.2f} s")
             return
         net = _network(spec, weights, seed)
         plan = None if plan_path is None else Plan.load(plan_path, net)
@@ -304,8 +307,14 @@ def plan_command(spec: str, memory: str | None, threads: int | None, device_path
             from .graph.planner import plan_graph
             from .graph.report import describe
 
-            click.echo(describe(graph))
+            if not as_json:
+                click.echo(describe(graph))
             chosen = plan_graph(graph, memory, _threads(threads), _parse_extent(extent))
+            if output_path is not None:  # what `znni export PLAN.json --net SPEC` reads
+                _write_text_atomic(output_path, chosen.to_json() + "\n")
+            if as_json:
+                click.echo(chosen.to_json())
+                return
             click.echo(f"  block {'x'.join(map(str, chosen.block_input))} -> output "
                        f"{'x'.join(map(str, chosen.block_output))}, predicted "
                        f"{chosen.throughput:,.0f} voxels/s, peak "
@@ -493,17 +502,28 @@ def import_command(model: str, out_path: str, weights_path: str, spec: str | Non
               "libfftw3f) instead of direct convolution.")
 def export_command(plan_path: str, spec: str, weights: str | None, seed: int | None,
                    out_dir: str, fftw: bool) -> None:
-    """Write PLAN.json as a standalone C library (sources, header, weights, Makefile)."""
+    """Write PLAN.json as a standalone C library (sources, header, weights, Makefile). A DAG
+    spec (v2) takes a plan of `znni plan SPEC.json -o PLAN.json`; its library runs one block."""
 
     def run() -> None:
         from .export import export_plan
         from .planner import Plan
 
-        net = _network(spec, weights, seed)
-        result = export_plan(Plan.load(plan_path, net), net, out_dir, fftw=fftw)
+        graph = _graph(spec, weights, seed)
+        if graph is not None:
+            from .export_graph import export_graph_plan
+            from .graph.planner import GraphPlan
+
+            name = graph.name
+            result = export_graph_plan(GraphPlan.load(plan_path, graph), graph, out_dir,
+                                       fftw=fftw)
+        else:
+            net = _network(spec, weights, seed)
+            name = net.name
+            result = export_plan(Plan.load(plan_path, net), net, out_dir, fftw=fftw)
         for note in result.notes():
             click.echo(f"znni: note: {note}", err=True)
-        click.echo(f"exported {net.name!r} ({len(result.files)} files) to {out_dir}; build it "
+        click.echo(f"exported {name!r} ({len(result.files)} files) to {out_dir}; build it "
                    f"with `make -C {out_dir}` and run `{out_dir}/example {out_dir}/weights.bin`")
 
     _run_guarded(run)

@@ -1,7 +1,8 @@
 """``znni bench`` on a DAG network: the planned znni run against PyTorch on the same volume,
 same weights, same run, alternating, medians (docs/design.md §8.1).
 
-Valid nets: znni in the planner's exact blocks, PyTorch on the whole volume at once. Padded
+Valid nets: znni in the planner's exact blocks, PyTorch on the whole volume at once (sliding-
+window nets: both dense, PyTorch with max filters and dilated convs, :mod:`.dense`). Padded
 nets: both in the same Gaussian-blended windows (the planner's window; MONAI's placement). The
 default volume holds two blocks (windows) per axis, so tiling costs show.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dense import dense_graph
 from .infer import infer_graph
 from .job import padded
 from .nodes import Vec3
@@ -45,7 +47,7 @@ def bench_graph(graph: Graph, memory: int | str | None, threads: int, repeats: i
         volume = (plan.block_input[0] + plan.useful[0], plan.block_input[1] + plan.useful[1],
                   plan.block_input[2] + plan.useful[2])
     x = np.random.default_rng(0).random((graph.input_channels, *volume), dtype=np.float32)
-    peer = GraphTorch(graph, threads)
+    peer = GraphTorch(dense_graph(graph), threads)
     runs: dict[str, Callable[[], np.ndarray]]
     if padded(graph):
         roi = plan.block_input

@@ -10,11 +10,12 @@ import numpy as np
 from .. import config
 from ..errors import ShapeError
 from ..runtime.volume import as_float32
+from .dense import dense_graph
 from .executor import CompiledGraph
 from .nodes import Vec3
 from .planner import plan_graph
 from .spec import Graph
-from .tiling import GraphTiling, exact_tiling
+from .tiling import GraphTile, GraphTiling, exact_tiling
 
 Reader = Callable[[Vec3, Vec3], np.ndarray]
 Writer = Callable[[Vec3, np.ndarray], None]
@@ -26,28 +27,34 @@ def compile_tiles(graph: Graph, extent: Vec3, block: Vec3 | None, threads: int |
     """The exact tiling of an input of ``extent`` voxels and the net compiled for its blocks:
     ``block`` input voxels (rounded down to sizes the net takes; default: the planner's block
     and primitives within ``memory``), conv node → primitive as ``primitives`` says (default:
-    the ``auto`` rule)."""
+    the ``auto`` rule). A sliding-window net runs dense (:mod:`.dense`)."""
     graph.require_weights()
     if block is None:
         plan = plan_graph(graph, memory, threads, extent)
         block, primitives = plan.block_input, dict(plan.primitives)
+    graph = dense_graph(graph)
     tiling = exact_tiling(graph, extent, block)
     compiled = CompiledGraph(graph, tiling.block_input, threads or config.default_threads(),
                              primitives if tiling.block_input == block else None)
     return tiling, compiled
 
 
+def run_tile(tiling: GraphTiling, compiled: CompiledGraph, read: Reader,
+             tile: GraphTile) -> np.ndarray:
+    """``read(start, stop)`` the input ``(C, z, y, x)`` float32 of ``tile``, run it, and return
+    the outputs no earlier tile wrote (they start at ``tile.write``)."""
+    s, n = tile.start, tiling.block_input
+    y = compiled.run(np.ascontiguousarray(read(s, (s[0] + n[0], s[1] + n[1], s[2] + n[2]))))
+    w = [tile.write[a] - s[a] for a in range(3)]
+    return y[:, w[0]:, w[1]:, w[2]:]
+
+
 def run_tiles(tiling: GraphTiling, compiled: CompiledGraph, read: Reader,
               write: Writer) -> None:
-    """Every block: ``read(start, stop)`` its input ``(C, z, y, x)`` float32, run it, and
-    ``write(start, data)`` the outputs no earlier block wrote. Memory: one block."""
-    n = tiling.block_input
+    """Every tile through :func:`run_tile`, its outputs to ``write(start, data)``. Memory:
+    one block."""
     for tile in tiling.tiles:
-        s = tile.start
-        y = compiled.run(np.ascontiguousarray(read(s, (s[0] + n[0], s[1] + n[1],
-                                                       s[2] + n[2]))))
-        w = [tile.write[a] - s[a] for a in range(3)]
-        write(tile.write, y[:, w[0]:, w[1]:, w[2]:])
+        write(tile.write, run_tile(tiling, compiled, read, tile))
 
 
 def infer_graph(graph: Graph, volume: np.ndarray, block: Vec3 | None = None,

@@ -65,6 +65,19 @@ class Pool:
 
 
 @dataclass(frozen=True)
+class MaxFilter:
+    """The max over a ``window`` of voxels ``dilation`` apart, at every voxel (stride 1): a
+    pool made dense. Not a spec node: :func:`~znni.graph.dense.dense_graph` makes it from a pool
+    of a net whose output is coarser than its input (docs/design.md §8.1)."""
+
+    name: str
+    inputs: tuple[str]
+    channels: int
+    window: Vec3
+    dilation: Vec3
+
+
+@dataclass(frozen=True)
 class Upsample:
     """Up-sampling by ``factor``: ``transposed`` is ConvTranspose3d with kernel = stride =
     factor (weights ``(in, out, fz, fy, fx)`` and bias), ``nearest`` repeats voxels."""
@@ -105,7 +118,7 @@ class Act:
     activation: Activation
 
 
-Node = Conv | Pool | Upsample | Concat | Add | Act
+Node = Conv | Pool | MaxFilter | Upsample | Concat | Add | Act
 #: Nodes with learned weights: conv and transposed up-sampling.
 WEIGHTED = (Conv, Upsample)
 

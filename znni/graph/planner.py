@@ -21,21 +21,26 @@ exact blocks (neighbours overlap by the rest), ``int(roi·(1 − overlap))`` for
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from .. import config
 from ..activations import ACTIVATIONS as KERNEL_ACTIVATIONS
-from ..errors import PlanError
+from ..errors import PlanError, ShapeError
 from ..hardware import Device
 from ..planner.costing import CostModel, layer_options
 from ..planner.device import load_device, this_machine
-from ..planner.plan import LayerPlan
+from ..planner.plan import LayerPlan, _count, _optional_seconds, _vec3
 from ..planner.search import default_budget
 from ..planner.tuning import TuningRecords
+from ..primitives import CONV_PRIMITIVES
 from ..primitives.base import FLOAT_BYTES
-from ..spec import LayerShapes
+from ..spec import LayerShapes, parse_json, read_text, shown
+from .dense import dense_graph
 from .executor import kernel_layer
 from .nodes import INPUT, Conv, Upsample, Vec3
 from .shapes import axis_sizes, downsampling, node_sizes, shape_report
@@ -43,6 +48,10 @@ from .spec import Graph
 
 #: Numpy passes per byte of a non-conv node's output (read inputs, write output, temporaries).
 NUMPY_PASSES = 3.0
+#: The ``version`` of a saved DAG plan; its ``kind`` tells it from a chain plan.
+GRAPH_PLAN_VERSION = 1
+GRAPH_PLAN_KIND = "graph"
+_RECREATE = "re-create it with `znni plan SPEC.json -o PLAN.json`"
 #: Candidate blocks tried past the last one that fitted (a larger block can fit again when a
 #: node's fastest way changes to a leaner one).
 _TRIES_PAST = 2
@@ -60,10 +69,80 @@ class GraphPlan:
     seconds: float
     peak_bytes: int
     budget_bytes: int
+    network_digest: str = ""
 
     @property
     def throughput(self) -> float:
         return math.prod(self.useful) / self.seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON data: what :meth:`from_dict` reads back (``throughput`` is for readers only)."""
+        data = asdict(self)
+        data["primitives"] = dict(self.primitives)
+        return {"version": GRAPH_PLAN_VERSION, "kind": GRAPH_PLAN_KIND, **data,
+                "throughput": self.throughput}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as handle:
+            handle.write(self.to_json() + "\n")
+
+    @classmethod
+    def from_dict(cls, data: Any, graph: Graph) -> GraphPlan:
+        """A (possibly hand-edited) plan re-validated for ``graph``, as a chain plan is: the
+        digest must match, the block must fit the net (the output size is recomputed) and every
+        conv node must have a CPU conv primitive, so an edited file cannot smuggle anything into
+        code generation (``znni export``); costs are kept as data."""
+        if (not isinstance(data, Mapping) or data.get("version") != GRAPH_PLAN_VERSION
+                or data.get("kind") != GRAPH_PLAN_KIND):
+            raise PlanError("not a znni DAG plan (missing or unknown 'version' or 'kind')",
+                            _RECREATE)
+        if data.get("network_digest") != graph_digest(graph):
+            raise PlanError(f"plan was made for another network than {graph.name!r}",
+                            f"re-plan for this network: {_RECREATE}")
+        try:
+            block = _vec3(data["block_input"], "block_input")
+            useful = _vec3(data["useful"], "useful")
+            primitives = _conv_primitives(data["primitives"], graph)
+            seconds = _optional_seconds(data["seconds"])
+            peak, budget = (_count(data[key], key) for key in ("peak_bytes", "budget_bytes"))
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise PlanError(f"malformed DAG plan: {exc!r}", _RECREATE) from None
+        if not seconds:
+            raise PlanError("malformed DAG plan: seconds must be positive", _RECREATE)
+        # a ShapeError if it does not fit; sliding-window nets run dense
+        out = node_sizes(dense_graph(graph).nodes, block)[graph.output]
+        return cls(block, out, useful, primitives, seconds, peak, budget, graph_digest(graph))
+
+    @classmethod
+    def load(cls, path: str, graph: Graph) -> GraphPlan:
+        """A plan file (bounded read), validated for ``graph``."""
+        return cls.from_dict(parse_json(read_text(path, "plan", PlanError, _RECREATE), path,
+                                        PlanError, _RECREATE), graph)
+
+
+def graph_digest(graph: Graph) -> str:
+    """SHA-256 of the canonical topology (name and description excluded): a plan belongs to
+    the nodes it was made for, whatever the network is called."""
+    spec = graph.to_dict()
+    topology = {k: spec[k] for k in ("input_channels", "nodes", "output")}
+    return hashlib.sha256(json.dumps(topology, sort_keys=True).encode()).hexdigest()
+
+
+def _conv_primitives(value: Any, graph: Graph) -> tuple[tuple[str, str], ...]:
+    """``{conv node: primitive}`` naming exactly the conv nodes, each a CPU conv primitive."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"primitives must be an object, got {shown(value)}")
+    convs = {n.name for n in graph.nodes if isinstance(n, Conv)}
+    if set(value) != convs:
+        raise ValueError(f"primitives must name exactly the conv nodes {sorted(convs)}, got "
+                         f"{shown(sorted(map(str, value)))}")
+    bad = {k: v for k, v in value.items() if v not in CONV_PRIMITIVES}
+    if bad:
+        raise ValueError(f"unknown primitive(s) {shown(bad)}; use one of {CONV_PRIMITIVES}")
+    return tuple(sorted((str(k), str(v)) for k, v in value.items()))
 
 
 def _blocks(graph: Graph, extent: Vec3 | None, padded: bool) -> Iterator[Vec3]:
@@ -167,9 +246,13 @@ def _cost_block(graph: Graph, block: Vec3, budget: int, costs: CostModel
 
 
 def plan_graph(graph: Graph, memory: int | str | None = None, threads: int | None = None,
-               extent: Vec3 | None = None, overlap: float = 0.25) -> GraphPlan:
+               extent: Vec3 | None = None, overlap: float = 0.25,
+               block: Vec3 | None = None) -> GraphPlan:
     """The fastest block within ``memory`` (default: 80 % of the available RAM) on this
-    machine (``ZNNI_DEVICE`` or calibrated) for a volume of input ``extent`` if known."""
+    machine (``ZNNI_DEVICE`` or calibrated) for a volume of input ``extent`` if known; given
+    ``block`` (a user's window), that block's primitives, or an error if it does not fit. A
+    sliding-window net is planned dense, as it runs (:mod:`.dense`)."""
+    digest, graph = graph_digest(graph), dense_graph(graph)
     budget = config.parse_bytes(memory) if memory is not None else default_budget()
     device_file = config.device_file()
     device = load_device(device_file) if device_file else this_machine(threads)
@@ -179,28 +262,37 @@ def plan_graph(graph: Graph, memory: int | str | None = None, threads: int | Non
     best: GraphPlan | None = None
     misses = 0
     seen: set[Vec3] = set()
-    for block in _blocks(graph, extent, padded):
-        if block in seen:
+    for candidate in [block] if block is not None else _blocks(graph, extent, padded):
+        if candidate in seen:
             break  # capped by the volume: nothing larger to try
-        seen.add(block)
-        if any(isinstance(axis_sizes(graph.nodes, a, block[a]), str) for a in range(3)):
+        seen.add(candidate)
+        problems = [p for a in range(3)
+                    if isinstance(p := axis_sizes(graph.nodes, a, candidate[a]), str)]
+        if problems and block is not None:
+            raise ShapeError(f"the block {list(block)} does not fit the network: "
+                             f"{problems[0]}", "give a --patch the network takes "
+                             "(`znni plan SPEC` lists the valid sizes)")
+        if problems:
             continue
-        found = _cost_block(graph, block, budget, costs)
+        found = _cost_block(graph, candidate, budget, costs)
         if found is None:
             misses += 1
             if misses > _TRIES_PAST:
                 break
             continue
         seconds, peak, chosen = found
-        out = node_sizes(graph.nodes, block)[graph.output]
+        out = node_sizes(graph.nodes, candidate)[graph.output]
         useful = tuple(max(1, int(n * (1 - overlap))) if padded
                        else (m - m % d if m >= d else m)
-                       for n, m, d in zip(block, out, ds, strict=True))
-        plan = GraphPlan(block, out, (useful[0], useful[1], useful[2]),
-                         tuple(sorted(chosen.items())), seconds, peak, budget)
+                       for n, m, d in zip(candidate, out, ds, strict=True))
+        plan = GraphPlan(candidate, out, (useful[0], useful[1], useful[2]),
+                         tuple(sorted(chosen.items())), seconds, peak, budget, digest)
         if best is None or plan.throughput > best.throughput:
             best = plan
     if best is None:
-        raise PlanError(f"no block of network {graph.name!r} fits {budget / 2**30:.2f} GiB",
-                        "raise the memory budget (--memory)")
+        which = ("no block of network {!r} fits" if block is None
+                 else f"the block {list(block)} of network {{!r}} does not fit")
+        raise PlanError(f"{which.format(graph.name)} {budget / 2**30:.2f} GiB",
+                        "raise the memory budget (--memory)"
+                        + ("" if block is None else ", or give a smaller --patch"))
     return best

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .dense import slides
 from .nodes import Conv, Vec3
 from .shapes import shape_report
 from .spec import Graph
@@ -27,5 +28,6 @@ def describe(graph: Graph) -> str:
         "step",
         f"  downsampling {v(report.downsampling)}, context {v(report.context)}",
         "  tiling: " + ("padded convs: overlapping windows blended (--overlap, --blend)" if same
+                        else "pools as max filters, dense output: exact blocks" if slides(graph)
                         else "exact blocks on the downsampling grid"),
     ])

@@ -18,16 +18,17 @@ from fractions import Fraction
 
 from .. import limits
 from ..errors import ShapeError, SpecError
-from .nodes import INPUT, Add, Concat, Conv, Node, Pool, Upsample, Vec3
+from .nodes import INPUT, Add, Concat, Conv, MaxFilter, Node, Pool, Upsample, Vec3
 
 
 def _node_size(node: Node, axis: int, sizes: dict[str, int]) -> int | str:
     """The node's extent along ``axis`` from its inputs' extents, or why there is none."""
     n = sizes[node.inputs[0]]
-    if isinstance(node, Conv):
-        if node.padding == "same":
+    if isinstance(node, (Conv, MaxFilter)):
+        if isinstance(node, Conv) and node.padding == "same":
             return n
-        span = (node.kernel[axis] - 1) * node.dilation[axis] + 1
+        window = node.kernel if isinstance(node, Conv) else node.window
+        span = (window[axis] - 1) * node.dilation[axis] + 1
         return n - span + 1 if n >= span else f"its input is {n}, less than its kernel's {span}"
     if isinstance(node, Pool):
         w = node.window[axis]

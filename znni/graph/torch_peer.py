@@ -9,7 +9,18 @@ from typing import Any
 import numpy as np
 
 from ..torch_dense import require_torch
-from .nodes import INPUT, Act, Activation, Add, Concat, Conv, Pool, Upsample, Vec3
+from .nodes import (
+    INPUT,
+    Act,
+    Activation,
+    Add,
+    Concat,
+    Conv,
+    MaxFilter,
+    Pool,
+    Upsample,
+    Vec3,
+)
 from .sliding import blend_windows
 from .spec import Graph
 
@@ -56,6 +67,8 @@ class GraphTorch:
                 out = _activate(torch, node.activation, out)
             elif isinstance(node, Pool):
                 out = f.max_pool3d(t, node.window)
+            elif isinstance(node, MaxFilter):
+                out = f.max_pool3d(t, node.window, 1, dilation=node.dilation)
             elif isinstance(node, Upsample) and node.mode == "nearest":
                 out = f.interpolate(t, scale_factor=node.factor, mode="nearest")
             elif isinstance(node, Upsample):

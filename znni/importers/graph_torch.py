@@ -13,7 +13,9 @@ input of the traced size against znni's float64 oracle. An ``ExportedProgram`` s
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,6 +86,7 @@ class _Translator:
         self.handlers: dict[str, Callable[[Any, str, list[Any]], None]] = {
             "aten.conv3d.default": self._conv, "aten.conv3d.padding": self._conv,
             "aten.conv_transpose3d.input": self._conv_transpose,
+            "aten.convolution.default": self._convolution,  # TorchScript's, converted
             "aten.batch_norm.default": self._batch_norm,
             "aten.max_pool3d.default": self._max_pool,
             "aten.upsample_nearest3d.vec": self._nearest,
@@ -159,6 +162,16 @@ class _Translator:
                 raise unsupported(name, "Conv3d", f"padding {list(pad)} with kernel "
                                   f"{list(kernel)}", "use padding 0 (valid) or (k − 1)/2 (same)")
         self.builder.conv(name, name, args[0].name, weight, bias, mode, dilation)
+
+    def _convolution(self, node: Any, name: str, args: list[Any]) -> None:
+        """``convolution(x, w, b, stride, padding, dilation, transposed, output_padding,
+        groups)``: the conv or transposed conv it stands for."""
+        x, w, b, stride, padding, dilation, transposed, output_padding, groups = args[:9]
+        if transposed:
+            self._conv_transpose(node, name, [x, w, b, stride, padding, output_padding,
+                                              groups, dilation])
+        else:
+            self._conv(node, name, [x, w, b, stride, padding, dilation, groups])
 
     def _conv_transpose(self, node: Any, name: str, args: list[Any]) -> None:
         weight = self.value(args[1])
@@ -280,6 +293,8 @@ def import_torch_graph(model: Any, input_size: tuple[int, int, int], check: bool
         model = model.eval()
         channels = input_channels or _first_conv_channels(model)
         example = torch.zeros((1, channels, *input_size))
+        if isinstance(model, torch.jit.ScriptModule):
+            return _torchscript_graph(model, example, check)
         try:
             program = torch.export.export(model, (example,), strict=False)
         except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds
@@ -295,11 +310,45 @@ def import_torch_graph(model: Any, input_size: tuple[int, int, int], check: bool
     return graph
 
 
+def _torchscript_graph(module: Any, example: Any, check: bool) -> Graph:
+    """A TorchScript module's DAG: converted to an exported program (torch.export's
+    TorchScript converter, exported again at the example's size). A traced module computes its
+    crops with tensor arithmetic on sizes, which that leaves symbolic; then through the
+    TorchScript ONNX exporter, which folds it, and znni's ONNX import. Checked against the
+    module itself."""
+    torch = _require_torch()
+    try:
+        from torch._export.converter import TS2EPConverter
+
+        converted = TS2EPConverter(module, (example,)).convert()
+        program = torch.export.export(converted.module(), (example,), strict=False)
+        return import_torch_graph(program, tuple(example.shape[2:]), check)
+    except Exception as exc:  # noqa: BLE001 - the converter and the translator raise many kinds
+        first = exc
+    from .graph_onnx import load_onnx_graph
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        try:
+            torch.onnx.export(module, (example,), str(path), dynamo=False)
+        except Exception as exc:  # noqa: BLE001
+            raise UnsupportedModelError(f"the TorchScript module converts neither to an "
+                                        f"exported program ({first}) nor to ONNX ({exc})",
+                                        "export the model with torch.export.save (.pt2) or "
+                                        "to ONNX yourself") from None
+        graph = load_onnx_graph(path, None, check=False)
+    if check:
+        check_graph(graph, module, tuple(int(s) for s in example.shape[1:]))
+    return graph
+
+
 def _first_conv_channels(model: Any) -> int:
     torch = _require_torch()
     for module in model.modules():
         if isinstance(module, torch.nn.Conv3d):
             return int(module.in_channels)
+        if getattr(module, "original_name", None) == "Conv3d":  # TorchScript
+            return int(module.weight.shape[1])
     raise UnsupportedModelError("the model has no Conv3d", "znni imports 3D ConvNets")
 
 
@@ -327,16 +376,26 @@ def check_graph(graph: Graph, run: Callable[[Any], Any], shape: tuple[int, ...],
 
 def load_graph_file(path: str | os.PathLike[str], input_size: tuple[int, int, int] | None,
                     trust_pickle: bool = False, check: bool = True) -> Graph:
-    """A DAG from a file: ``torch.export.save``'d program (``.pt2``, traced size included), or
-    a pickled module (``trust_pickle``: unpickling runs the file's code) with ``input_size``."""
+    """A DAG from a file: ``torch.export.save``'d program (``.pt2``, traced size included), a
+    TorchScript archive (``torch.jit.script(m).save(path)``) or a pickled module
+    (``trust_pickle``: unpickling runs the file's code), the last two traced at
+    ``input_size``."""
     torch = _require_torch()
     if str(path).endswith(".pt2"):
         return import_torch_graph(torch.export.load(path), input_size or (0, 0, 0), check)
-    if not trust_pickle:
-        raise UnsupportedModelError("loading a pickled PyTorch module runs code from the file",
-                                    "save it with torch.export.save(...) as .pt2, or pass "
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError):
+        module = None
+    if module is None and not trust_pickle:
+        raise UnsupportedModelError("the file is not TorchScript, and loading a pickled "
+                                    "PyTorch module runs code from the file",
+                                    "save it with torch.export.save(...) as .pt2 or with "
+                                    "torch.jit.script(model).save(...), or pass "
                                     "--trust-pickle if you trust the file")
     if input_size is None:
         raise UnsupportedModelError("a DAG model is traced on an example input",
                                     "give --input-size Z,Y,X (a size the model takes)")
-    return import_torch_graph(torch.load(path, weights_only=False), input_size, check)
+    if module is None:
+        module = torch.load(path, weights_only=False)
+    return import_torch_graph(module, input_size, check)

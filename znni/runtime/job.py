@@ -41,8 +41,10 @@ from .cluster import check_output, run_on_cluster
 from .executor import check_plan
 from .identity import check_distinct, content_identity
 from .infer import plan_for_volume
+from .ledger import Ledger
 from .lock import output_lock
 from .storage import (
+    OutputVolume,
     check_output_spec,
     ledger_folder,
     lock_path,
@@ -50,7 +52,7 @@ from .storage import (
     remove_output,
     volume_path,
 )
-from .tiling import vec3
+from .tiling import grow_evenly, vec3
 from .volume import check_mode, same_padding
 
 log = logging.getLogger("znni")
@@ -113,23 +115,14 @@ def block_size(net: Network, plan: Plan, extent: Vec3) -> Vec3:
     """Whole patches per axis, grown evenly while one block's input and output buffers stay
     within BLOCK_BYTES (and no larger than the output needs)."""
     patch, fov = plan.output_patch, net.fov
-    units = [1, 1, 1]
-    cap = [max(1, -(-extent[a] // patch[a])) for a in range(3)]
+    cap = vec3(max(1, -(-extent[a] // patch[a])) for a in range(3))
 
-    def size(u: list[int]) -> int:
+    def fits(u: list[int]) -> bool:
         inp = net.input_channels * math.prod(u[a] * patch[a] + fov[a] - 1 for a in range(3))
-        return 4 * (inp + net.output_channels * math.prod(u[a] * patch[a] for a in range(3)))
+        size = 4 * (inp + net.output_channels * math.prod(u[a] * patch[a] for a in range(3)))
+        return size <= BLOCK_BYTES
 
-    while True:
-        grow = [a for a in range(3) if units[a] < cap[a]]
-        if not grow:
-            break
-        axis = min(grow, key=lambda a: units[a] * patch[a])
-        bigger = units.copy()
-        bigger[axis] += 1
-        if size(bigger) > BLOCK_BYTES:
-            break
-        units = bigger
+    units = grow_evenly(cap, patch, fits)
     return (units[0] * patch[0], units[1] * patch[1], units[2] * patch[2])
 
 
@@ -169,39 +162,55 @@ def infer_volume(net: Network, src: str, dst: str, *, plan: Plan | None = None,
 
 @contextmanager
 def _initialised(job: VolumeJob) -> Iterator[None]:
-    """Create (or reopen) the output and open its ledger for the ``with`` block. If the block
-    fails before any block of the job is recorded done, remove what this run made: the output
-    if it was not there before (only the dataset, in an HDF5 file that was), and the ledger.
-    An output from before this run, or one holding done blocks, is kept."""
-    had_file = volume_path(job.dst).exists()
+    """:func:`initialised` for a chain job (whose outputs this process holds through
+    :mod:`.block_task`)."""
+    def report(cleared: dict[str, str] | None, created: bool) -> None:
+        report_cleared(job.dst, job.src, job.input_identity, cleared, created)
+
+    with initialised(job.dst, job.output, job.ledger(), report, release):
+        yield
+
+
+@contextmanager
+def initialised(dst: str, make_output: Callable[[], OutputVolume], ledger: Ledger,
+                report: Callable[[dict[str, str] | None, bool], None],
+                close: Callable[[], None]) -> Iterator[None]:
+    """Create (or reopen) the output ``dst`` with ``make_output`` (closed again at once: blocks
+    reopen it) and open its ``ledger`` for the ``with`` block; ``report(cleared, created)``
+    says why records were cleared. If the block fails before any block of the job is recorded
+    done, ``close`` what the run holds open and remove what this run made: the output if it
+    was not there before (only the dataset, in an HDF5 file that was), and the ledger. An
+    output from before this run, or one holding done blocks, is kept."""
+    had_file = volume_path(dst).exists()
     created = not had_file  # until open_output says what it did
-    ledger, opened = job.ledger(), False
+    opened = False
     try:
-        output = job.output()
+        output = make_output()
         created = output.created
         output.close()
-        _report_cleared(job, ledger.open(reset=created), created)
+        report(ledger.open(reset=created), created)
         opened = True
         yield
     except BaseException:
         if not (opened and ledger.any_done()):
-            release()  # close the output before removing it
+            close()  # close the output before removing it
             if created:
-                remove_output(job.dst, whole_file=not had_file)
+                remove_output(dst, whole_file=not had_file)
             if opened:
                 ledger.remove()
         raise
 
 
-def _report_cleared(job: VolumeJob, cleared: dict[str, str] | None, created: bool) -> None:
+def report_cleared(dst: str, src: str, input_identity: str, cleared: dict[str, str] | None,
+                   created: bool) -> None:
     """Say why done records were cleared (the ledger says which it cleared)."""
     if cleared is None:
         return
     if created:
-        log.warning("output %s was not there: the done records beside it are cleared", job.dst)
-    elif "input" in cleared and cleared["input"] != job.input_identity:
+        log.warning("output %s was not there: the done records beside it are cleared", dst)
+    elif "input" in cleared and cleared["input"] != input_identity:
         log.warning("input %s changed since the records were written; recomputing all blocks",
-                    job.src)
+                    src)
     else:
         log.info("done records of another job (network, weights, plan, input, region, mode or "
                  "output dtype) cleared")

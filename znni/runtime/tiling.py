@@ -15,7 +15,7 @@ depends only on input [v, v + FOV).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from ..spec import Vec3
@@ -25,6 +25,23 @@ def vec3(values: Iterable[int]) -> Vec3:
     """Exactly three ``values`` as a (z, y, x) triple (a typed ``tuple(values)``)."""
     z, y, x = values
     return z, y, x
+
+
+def grow_evenly(cap: Vec3, unit: Vec3, fits: Callable[[list[int]], bool]) -> Vec3:
+    """Counts of ``unit`` voxels per axis, from one each, grown one at a time on the axis that
+    is shortest in voxels, up to ``cap``, while ``fits(counts)``: near-cubic blocks as large as
+    a memory bound allows."""
+    counts = [1, 1, 1]
+    while True:
+        grow = [a for a in range(3) if counts[a] < cap[a]]
+        if not grow:
+            return vec3(counts)
+        axis = min(grow, key=lambda a: counts[a] * unit[a])
+        bigger = counts.copy()
+        bigger[axis] += 1
+        if not fits(bigger):
+            return vec3(counts)
+        counts = bigger
 
 
 @dataclass(frozen=True)
