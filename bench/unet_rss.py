@@ -1,6 +1,6 @@
 """Does `znni infer` on a DAG network stay within its memory budget? Peak RSS, measured.
 
-    python bench/unet_rss.py [--memory 2GiB] [--blocks 1.5]
+    python bench/unet_rss.py [--memory 2GiB] [--blocks 1.5] [--nets unet,basic]
 
 Two nets, imported from PyTorch with random weights (bench/unet.py's valid U-Net; MONAI's
 BasicUNet with batch norm and deconvolutions): the planner's block (window) for ``--memory`` is
@@ -30,14 +30,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memory", default="2GiB")
     parser.add_argument("--blocks", type=float, default=1.5)
+    parser.add_argument("--nets", default="unet,basic", help="unet: the valid U-Net; basic: "
+                        "MONAI's BasicUNet")
     args = parser.parse_args()
     budget = parse_bytes(args.memory)
     monai = __import__("monai.networks.nets", fromlist=["BasicUNet"])
     torch.manual_seed(0)
-    models = {"valid U-Net 12-36-108": (valid_unet((12, 36, 108)), (40, 124, 124)),
-              "BasicUNet": (monai.BasicUNet(spatial_dims=3, in_channels=1, out_channels=2,
-                                            norm="batch").eval(), (32, 32, 32))}
-    for name, (model, traced) in models.items():
+    models = {"unet": ("valid U-Net 12-36-108", lambda: valid_unet((12, 36, 108)),
+                       (40, 124, 124)),
+              "basic": ("BasicUNet", lambda: monai.BasicUNet(
+                  spatial_dims=3, in_channels=1, out_channels=2, norm="batch").eval(),
+                  (32, 32, 32))}
+    for key in args.nets.split(","):
+        name, make, traced = models[key]
+        model = make()
         graph = import_torch_graph(model, traced)
         plan = plan_graph(graph, budget)
         shape = tuple(int(args.blocks * n) // 16 * 16 + (n % 16) for n in plan.block_input)

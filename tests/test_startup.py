@@ -17,6 +17,7 @@ from znni import cli
 from znni.planner.search import EFFORT_LEVELS
 from znni.planner.tuning import EFFORTS
 from znni.precision import PRECISIONS
+from znni.tta import TTA_MODES
 
 #: Packages whose import alone costs a large fraction of a second.
 HEAVY_PACKAGES = ("dask", "distributed", "matplotlib", "torch")
@@ -78,3 +79,4 @@ def test_cli_effort_and_precision_choices_match_the_planner() -> None:
     assert tuple(EFFORTS) == cli.TUNING_EFFORTS
     assert cli.EFFORT_LEVELS == EFFORT_LEVELS
     assert cli.PRECISIONS == PRECISIONS
+    assert cli.TTA_MODES == TTA_MODES

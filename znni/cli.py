@@ -38,6 +38,8 @@ TUNING_EFFORTS = ("measure", "exhaustive")
 EFFORT_LEVELS = ("estimate", *TUNING_EFFORTS)
 #: ``--precision`` choices: a literal copy of ``znni.precision.PRECISIONS`` (checked likewise).
 PRECISIONS = ("fp32", "bf16")
+#: ``--tta`` choices: a literal copy of ``znni.tta.TTA_MODES`` (checked likewise).
+TTA_MODES = ("none", "flips", "flips+transpose")
 
 
 class ConvPrimitive(click.ParamType):  # type: ignore[type-arg]  # generic in typeshed only
@@ -175,6 +177,12 @@ _precision = click.option(
     "first and last layers stay fp32) where that is faster on this CPU.")
 
 
+_tta = click.option(
+    "--tta", default="none", show_default=True, type=click.Choice(list(TTA_MODES)),
+    help="Test-time augmentation: the mean of the net over the 8 flips (16 with the y/x "
+    "transpose, for nets the same along y and x) of every patch; costs that many runs.")
+
+
 def _with_common(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(_common):
         fn = option(fn)
@@ -210,11 +218,18 @@ def _with_common(fn: Callable[..., Any]) -> Callable[..., Any]:
               type=click.Choice(["gaussian", "constant", "bump", "none"]),
               help="DAG nets with padded convs: how overlapping windows are averaged (MONAI's "
               "sliding_window_inference for gaussian and constant).")
+@_tta
+@click.option("--mask", "mask_path", default=None,
+              help="A volume (the input's grid or a coarser mip) that is zero where output "
+              "blocks are filled with --mask-fill instead of computed (chain nets).")
+@click.option("--mask-fill", default=0.0, show_default=True, type=float,
+              help="The value of output voxels in blocks the mask skips.")
 def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
           memory: str | None, threads: int | None, primitive: str, input_path: str,
           output_path: str, plan_path: str | None, output_dtype: str, bbox: str | None,
           mode: str, quiet: bool, workers: int | None, scheduler: str | None,
-          precision: str, overlap: float, blend: str) -> None:
+          precision: str, overlap: float, blend: str, tta: str, mask_path: str | None,
+          mask_fill: float) -> None:
     """Dense inference of network SPEC (a JSON file or a bundled name) on a volume on disk,
     block by block (memory: the budget plus one block); resumable. A DAG spec (v2): --patch
     is each block's input (valid nets tile exactly) or window (padded nets blend overlapping
@@ -226,6 +241,9 @@ def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
         from .runtime.progress import progress_report
 
         graph = _graph(spec, weights, seed)
+        if graph is not None and (mask_path is not None or tta != "none"):
+            raise ZnniError("--mask and --tta are for chain networks; DAG specs run without "
+                            "them for now", "run without --mask and --tta")
         if graph is not None:
             from .graph.job import infer_graph_volume
             from .runtime.progress import progress_report
@@ -256,11 +274,14 @@ def infer(spec: str, weights: str | None, seed: int | None, patch: str | None,
                     primitives=primitive, threads=n_threads,
                     memory=None if memory is None else config.parse_bytes(memory), mode=mode,
                     bbox=bbox, output_dtype=output_dtype, progress=report, client=client,
-                    precision=precision)
+                    precision=precision, mask=mask_path, mask_fill=mask_fill, tta=tta)
         finally:
             if client is not None:
                 client.close()
         skipped = f" ({stats.blocks_skipped} blocks already done)" if stats.blocks_skipped else ""
+        if mask_path is not None and stats.blocks_run:
+            skipped += (f"; the mask skipped {stats.blocks_masked} of {stats.blocks_run} blocks "
+                        f"({100 * stats.blocks_masked / stats.blocks_run:.0f} %)")
         click.echo(f"wrote {output_path}: {stats.output_voxels} voxels in {stats.seconds:.2f} s "
                    f"({stats.voxels_per_second:,.0f} voxels/s){skipped}")
 
@@ -292,9 +313,10 @@ def _parse_extent(text: str | None) -> Vec3 | None:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--output", "-o", "output_path", default=None, help="Also write the JSON here.")
 @_precision
+@_tta
 def plan_command(spec: str, memory: str | None, threads: int | None, device_path: str | None,
                  effort: str, extent: str | None, as_json: bool,
-                 output_path: str | None, precision: str) -> None:
+                 output_path: str | None, precision: str, tta: str) -> None:
     """Search the fastest plan of network SPEC (JSON file or bundled name) within a budget."""
 
     def run() -> None:
@@ -324,7 +346,7 @@ def plan_command(spec: str, memory: str | None, threads: int | None, device_path
             return
         net = load(spec)
         result = search_plan(net, memory, _threads(threads), device_path, effort,
-                             _parse_extent(extent), precision=precision)
+                             _parse_extent(extent), precision=precision, tta=tta)
         if output_path is not None:
             _write_text_atomic(output_path, result.to_json() + "\n")
         click.echo(result.to_json() if as_json else format_plan(result))

@@ -31,6 +31,7 @@ from ..spec import (
     read_text,
     shown,
 )
+from ..tta import check_net_allows, check_tta, variants
 from .gpu_plan import GpuPlan
 
 PLAN_VERSION = 1
@@ -165,6 +166,7 @@ class Plan:
     alternatives: tuple[Alternative, ...] = ()
     gpu: GpuPlan | None = None  # the CPU–GPU pipeline: layers ≥ gpu.theta run on the GPU
     extent: Vec3 | None = None  # the output volume planned for (None: unbounded)
+    tta: str = "none"  # test-time augmentation: every patch runs once per variant (znni/tta.py)
 
     @property
     def resident_bytes(self) -> int:
@@ -188,8 +190,9 @@ class Plan:
         :func:`held_bytes`. A GPU plan: the host RAM its pipeline needs."""
         if self.gpu is not None:
             return self.gpu.host_bytes
-        return (self.resident_bytes + max(layer.working_bytes for layer in self.layers)
-                + held_bytes(self.layers))
+        # test-time augmentation holds the input batch's copy and the running sum too
+        held = held_bytes(self.layers) * (1 if self.tta == "none" else 2)
+        return self.resident_bytes + max(layer.working_bytes for layer in self.layers) + held
 
     @property
     def output_voxels(self) -> int:
@@ -215,12 +218,15 @@ class Plan:
 
     @property
     def predicted_seconds(self) -> float | None:
+        """Seconds of one run: the layers' (or the GPU pipeline's), once per variant of the
+        test-time augmentation."""
+        runs = len(variants(self.tta))
         if self.gpu is not None:
-            return self.gpu.seconds
+            return self.gpu.seconds * runs
         seconds = [layer.seconds for layer in self.layers if layer.seconds is not None]
         if len(seconds) < len(self.layers):
             return None
-        return sum(seconds)
+        return sum(seconds) * runs
 
     @property
     def predicted_throughput(self) -> float | None:
@@ -278,13 +284,16 @@ class Plan:
             gpu = (None if data.get("gpu") is None
                    else GpuPlan.from_dict(data["gpu"], len(net.layers)))
             extent = None if data.get("extent") is None else _vec3(data["extent"], "extent")
+            tta = _text(data.get("tta", "none"), "tta")
+            check_tta(tta)
         except (KeyError, TypeError, ValueError, OverflowError) as exc:  # Overflow: float(10**400)
             raise PlanError(f"malformed plan: {exc!r}", "re-create it with `znni plan`") from None
         plan = make_plan(net, patch, batch, primitives, passes)
         layers_out = tuple(replace(lp, seconds=costs[lp.index][0], cost=costs[lp.index][1])
                            for lp in plan.layers)
+        check_net_allows(tta, net, patch)
         return replace(plan, layers=layers_out, planning=planning, alternatives=alternatives,
-                       gpu=gpu, extent=extent)
+                       gpu=gpu, extent=extent, tta=tta)
 
     @classmethod
     def from_json(cls, text: str, net: Network) -> Plan:

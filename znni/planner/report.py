@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..tta import variants
 from .gpu_plan import format_gpu
 from .plan import Plan
 
@@ -27,6 +28,10 @@ def format_plan(plan: Plan) -> str:
                      f"{p.budget_bytes / GIB:.2f} GiB, effort {p.effort}")
     lines.append(f"predicted {_rate(plan.predicted_throughput)}, peak memory "
                  f"{plan.peak_bytes / GIB:.2f} GiB")
+    if plan.tta != "none":
+        lines.append(f"test-time augmentation {plan.tta}: {len(variants(plan.tta))} runs per "
+                     "patch (the prediction and peak include them; the per-layer seconds "
+                     "below are one run's)")
     if plan.extent is not None:
         lines.append(f"volume {_shape(plan.extent)}: {plan.runs} run(s), "
                      f"{100 * plan.padding_fraction:.1f} % of the computed voxels padding, "

@@ -24,6 +24,7 @@ from ..hardware import Device
 from ..precision import check_precision
 from ..primitives import PRIMITIVES, in_place
 from ..spec import Layer, Network, Shape5, Vec3
+from ..tta import check_net_allows
 from .costing import BATCHES, CostModel, layer_options, timed_shape
 from .device import load_device, this_machine
 from .gpu import plan_gpu
@@ -71,10 +72,11 @@ def _costed_seconds(lp: LayerPlan) -> float:
 
 def _costed_plan(net: Network, patch: Vec3, batch: int, max_filtered: int, budget: int,
                  costs: CostModel, extent: Vec3 | None = None,
-                 precision: str = "fp32") -> Plan | None:
+                 precision: str = "fp32", tta: str = "none") -> Plan | None:
     """The fastest plan for ``patch`` and ``batch`` (the last ``max_filtered`` pools as max
     filters) within ``budget``, or None; ``extent`` is the volume it will cover; ``precision``
-    the format the inner conv layers may take besides fp32."""
+    the format the inner conv layers may take besides fp32; ``tta`` the test-time
+    augmentation (its buffers come out of the budget, its runs multiply the time)."""
     allowed = layer_precisions(net, precision)
     options: list[list[LayerPlan]] = []
     for shapes in net.layer_shapes(patch, batch, max_filtered):
@@ -84,7 +86,8 @@ def _costed_plan(net: Network, patch: Vec3, batch: int, max_filtered: int, budge
             per_layer.append(replace(lp, seconds=seconds, cost=source))
         options.append(per_layer)
     resident = sum(max(o.resident_bytes for o in layer) for layer in options)
-    room = budget - resident - held_bytes([options[0][0], options[-1][0]])
+    room = budget - resident - held_bytes([options[0][0], options[-1][0]]) * (
+        1 if tta == "none" else 2)
     chosen: list[LayerPlan] = []
     for per_layer in options:
         fitting = [o for o in per_layer if o.working_bytes <= room]
@@ -93,7 +96,8 @@ def _costed_plan(net: Network, patch: Vec3, batch: int, max_filtered: int, budge
         if any(o.primitive in TASK_PARALLEL_FFT for o in fitting):
             fitting = [o for o in fitting if o.primitive not in MEMORY_FALLBACKS]
         chosen.append(min(fitting, key=_costed_seconds))
-    return replace(_plan_of(net, patch, batch, chosen), layers=tuple(chosen), extent=extent)
+    return replace(_plan_of(net, patch, batch, chosen), layers=tuple(chosen), extent=extent,
+                   tta=tta)
 
 
 def _plan_of(net: Network, patch: Vec3, batch: int, layers: list[LayerPlan]) -> Plan:
@@ -122,15 +126,16 @@ def _patches(frag: Vec3, unit: int, extent: Vec3 | None) -> Iterator[list[Vec3]]
 
 
 def candidates(net: Network, budget: int, costs: CostModel, extent: Vec3 | None = None,
-               batches: tuple[int, ...] = BATCHES, precision: str = "fp32") -> list[Plan]:
+               batches: tuple[int, ...] = BATCHES, precision: str = "fp32",
+               tta: str = "none") -> list[Plan]:
     """Every (patch, batch) that fits ``budget``, each with its fastest assignment of ways to
     run its layers under ``costs``, best first."""
-    return _search(net, budget, costs, extent, batches, precision)[0]
+    return _search(net, budget, costs, extent, batches, precision, tta)[0]
 
 
 def _search(net: Network, budget: int, costs: CostModel, extent: Vec3 | None,
-            batches: tuple[int, ...],
-            precision: str = "fp32") -> tuple[list[Plan], list[Alternative]]:
+            batches: tuple[int, ...], precision: str = "fp32",
+            tta: str = "none") -> tuple[list[Plan], list[Alternative]]:
     """Every fitting candidate, best first, and the first patches that did not fit. Each
     pooling mode — the last 0, 1, … pools as max filters, the rest as fragments — has its own
     patch grid (multiples of the fragmentation of its fragment pools)."""
@@ -147,6 +152,9 @@ def _search(net: Network, budget: int, costs: CostModel, extent: Vec3 | None,
                 break  # capped by the volume: nothing larger to try
             fitted_any = False
             for patch in new:
+                if tta == "flips+transpose" and patch[1] != patch[2]:
+                    seen.add((patch, 1))
+                    continue  # the transposed patch must be the same patch
                 for batch in batches:
                     if extent is not None and batch > patches_needed(extent, patch):
                         break  # a batch of patches the volume does not have: pure padding
@@ -154,7 +162,7 @@ def _search(net: Network, budget: int, costs: CostModel, extent: Vec3 | None,
                         break  # past znni.limits: so is any larger batch
                     seen.add((patch, batch))
                     plan = _costed_plan(net, patch, batch, max_filtered, budget, costs, extent,
-                                        precision)
+                                        precision, tta)
                     if plan is None:
                         if batch == 1 and max_filtered == 0 and len(too_big) < 2:
                             lean = _leanest(net, patch)
@@ -211,14 +219,17 @@ def check_saved_plan(plan: Plan, net: Network, extent: Vec3, memory: int | str |
 def plan(net: Network, memory: int | str | None = None, threads: int | None = None,
          device: Device | str | None = None, effort: str = "estimate",
          extent: Vec3 | None = None, batches: tuple[int, ...] = BATCHES,
-         precision: str = "fp32") -> Plan:
+         precision: str = "fp32", tta: str = "none") -> Plan:
     """The fastest plan for ``net`` within ``memory`` bytes (int or ``"4GiB"``; default: 80 %
     of the available RAM, cgroup-capped) on ``device`` (a :class:`Device`, a JSON path, or
     None: this machine, measured once). ``effort``: ``estimate`` (model only), ``measure``
     (time the layers of the best candidates, reusing tuning records) or ``exhaustive``.
     ``extent``: the output volume, when known, caps the patch. ``precision="bf16"`` lets the
-    inner conv layers run in bf16 where that is predicted faster (docs/design.md §5.7)."""
+    inner conv layers run in bf16 where that is predicted faster (docs/design.md §5.7).
+    ``tta``: test-time augmentation (``flips``, ``flips+transpose``; znni/tta.py), its runs
+    and buffers in the costs."""
     check_precision(precision)
+    check_net_allows(tta, net)
     if effort not in EFFORT_LEVELS:
         raise PlanError(f"unknown effort {effort!r}", f"use one of {', '.join(EFFORT_LEVELS)}")
     if threads is not None:
@@ -233,9 +244,10 @@ def plan(net: Network, memory: int | str | None = None, threads: int | None = No
         if effort != "estimate":
             raise PlanError("GPU plans are made from the cost model only",
                             "plan with --effort estimate")
-        if precision != "fp32":
-            raise PlanError(f"GPU plans run in fp32, not {precision}",
-                            "plan with --precision fp32, or for this CPU (drop --device)")
+        if precision != "fp32" or tta != "none":
+            raise PlanError(f"GPU plans run in fp32 without test-time augmentation, not "
+                            f"{precision} with --tta {tta}", "plan with --precision fp32 and "
+                            "--tta none, or for this CPU (drop --device)")
         host = budget if memory is not None else int(dev.memory_bytes * DEFAULT_BUDGET_FRACTION)
         return plan_gpu(net, host, dev, extent, batches)
     if effort != "estimate" and not on_this_machine:
@@ -244,10 +256,11 @@ def plan(net: Network, memory: int | str | None = None, threads: int | None = No
     records = TuningRecords() if on_this_machine else None
     if effort == "estimate":  # records of any rigour still beat the model
         found, too_big = _search(net, budget, CostModel(dev, records, "measure"), extent,
-                                 batches, precision)
+                                 batches, precision, tta)
     else:
         assert records is not None
-        found, too_big = _tune(net, budget, dev, records, effort, extent, batches, precision)
+        found, too_big = _tune(net, budget, dev, records, effort, extent, batches, precision,
+                               tta)
     if not found and not too_big:  # the search stopped at the limits before the budget
         problem = limit_problem(net.layer_shapes(net.fragmentation, 1))
         raise PlanError(f"no plan of network {net.name!r} stays within znni's limits: "
@@ -271,8 +284,8 @@ def plan(net: Network, memory: int | str | None = None, threads: int | None = No
 
 
 def _tune(net: Network, budget: int, dev: Device, records: TuningRecords, effort: str,
-          extent: Vec3 | None, batches: tuple[int, ...],
-          precision: str) -> tuple[list[Plan], list[Alternative]]:
+          extent: Vec3 | None, batches: tuple[int, ...], precision: str,
+          tta: str = "none") -> tuple[list[Plan], list[Alternative]]:
     """Candidates ranked by measured costs: time the layers of the best candidate not yet
     fully measured, re-rank (unmeasured shapes now use the corrected model), and repeat while
     such a candidate is predicted within MEASURE_MARGIN of the best measured one, until
@@ -286,7 +299,7 @@ def _tune(net: Network, budget: int, dev: Device, records: TuningRecords, effort
     signatures = {layer_signature(layer) for layer in net.layers}
     while True:
         costs = CostModel(dev, records, effort)
-        found, too_big = _search(net, budget, costs, extent, batches, precision)
+        found, too_big = _search(net, budget, costs, extent, batches, precision, tta)
         measured = [p for p in found if _measured(p)]
         pending = [p for p in found if not _measured(p)]
         if not pending or len(measured) >= scale * MEASURED_CANDIDATES or (

@@ -19,6 +19,7 @@ from ..spec import Network, Vec3
 from .executor import CompiledPlan
 from .infer import check_finite, run_tiles
 from .ledger import Ledger
+from .mask import Mask
 from .storage import InputVolume, OutputVolume, ledger_folder, open_input, open_output
 from .tiling import Block, blocks, vec3
 from .volume import as_float32, same_padding
@@ -77,6 +78,7 @@ class VolumeJob:
     block: Vec3
     digest: str
     input_identity: str
+    mask: Mask | None = None  # skips the blocks it marks empty (runtime/mask.py)
 
     def source(self) -> Source:
         pad = same_padding(self.net) if self.mode == "same" else [(0, 0)] * 3
@@ -101,6 +103,7 @@ class _Opened:
     source: Source
     compiled: CompiledPlan
     blocks: dict[Vec3, Block]
+    mask: InputVolume | None
     output: OutputVolume | None = None  # opened by the first block: made after every check
 
 
@@ -121,18 +124,25 @@ def open_job(job: VolumeJob) -> _Opened:
     if job.digest not in _context:
         release()
         _context[job.digest] = _Opened(job.source(), CompiledPlan(job.plan, job.net, job.threads),
-                                       {b.index: b for b in job.blocks()})
+                                       {b.index: b for b in job.blocks()},
+                                       None if job.mask is None else open_input(job.mask.path))
     return _context[job.digest]
 
 
 def run_block(job: VolumeJob, index: Vec3) -> int:
     """Run one block of ``job`` here: read, compute, check that the output is finite, write its
-    chunks, flush, then record it done. Idempotent (a retried or duplicated task rewrites the
-    same bits). Returns the output voxels written."""
+    chunks, flush, then record it done; a block the mask marks empty is filled instead.
+    Idempotent (a retried or duplicated task rewrites the same bits). Returns the output voxels
+    computed (0: masked)."""
     opened = open_job(job)
     if opened.output is None:
         opened.output = job.output()
     source, out, compiled, b = opened.source, opened.output, opened.compiled, opened.blocks[index]
+    if job.mask is not None and opened.mask is not None and job.mask.empty(opened.mask, b.start,
+                                                                           b.stop):
+        shape = (job.net.output_channels, *(b.stop[a] - b.start[a] for a in range(3)))
+        _write(job, out, b, np.full(shape, job.mask.fill, np.float32))
+        return 0
     in_patch = compiled.plan.input_patch
     lo = vec3(min(t.start[a] for t in b.tiles) for a in range(3))
     hi = vec3(max(t.start[a] for t in b.tiles) + in_patch[a] for a in range(3))
@@ -142,9 +152,15 @@ def run_block(job: VolumeJob, index: Vec3) -> int:
     run_tiles(compiled, b.tiles, vol, lo, dense, b.start)
     check_finite(compiled, b.tiles, vol, lo, dense, b.start,
                  f"block {b.name} (output voxels {list(b.start)} to {list(b.stop)})")
+    _write(job, out, b, dense)
+    return math.prod(b.stop[a] - b.start[a] for a in range(3))
+
+
+def _write(job: VolumeJob, out: OutputVolume, b: Block, dense: np.ndarray) -> None:
+    """Write block ``b``'s output (float32; uint8 outputs hold [0, 1] as 0..255), flush, and
+    only then record it done."""
     if job.output_dtype == "uint8":
         dense = np.rint(np.clip(dense, 0, 1) * 255).astype(np.uint8)
     out.write(b.start, dense)
     out.flush()
     job.ledger().mark(b.name)
-    return math.prod(b.stop[a] - b.start[a] for a in range(3))

@@ -15,6 +15,7 @@ from ..primitives import PRIMITIVES, Step, in_place
 from ..primitives.base import padded_empty
 from ..primitives.mpf import recombine
 from ..spec import Network, Pool
+from ..tta import variants
 
 log = logging.getLogger("znni")
 
@@ -73,13 +74,29 @@ class CompiledPlan:
         return buf
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Dense output of a batch of input patches (``x`` from :meth:`new_input`)."""
-        return self.run_tail(self.run_head(x))
+        """Dense output of a batch of input patches (``x`` from :meth:`new_input`; consumed):
+        with test-time augmentation, the mean over the variants (znni/tta.py), each run on
+        ``x`` refilled with the transformed patches and its output mapped back, in a fixed
+        order."""
+        if self.plan.tta == "none":
+            return self.run_tail(self.run_head(x))
+        source = np.array(x)  # the steps may overwrite their input
+        total: np.ndarray | None = None
+        for variant in variants(self.plan.tta):
+            x[...] = variant.apply(source)
+            dense = variant.undo(self.run_tail(self.run_head(x)))
+            if total is None:
+                total = np.array(dense)
+            else:
+                total += dense
+        assert total is not None
+        total /= np.float32(len(variants(self.plan.tta)))
+        return total
 
     @property
     def pipelined(self) -> bool:
         """Whether batches overlap (runtime/pipeline.py): a GPU tail after a CPU head."""
-        return self.plan.gpu is not None and self.plan.gpu.theta > 0
+        return self.plan.gpu is not None and self.plan.gpu.theta > 0 and self.plan.tta == "none"
 
     def run_head(self, x: np.ndarray) -> np.ndarray:
         """The CPU head (layers < θ; every layer of a CPU-only plan): the tensor at θ."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from ..planner.search import default_budget
 from ..planner.search import plan as search_plan
 from ..precision import check_precision
 from ..spec import Network, Vec3
+from ..tta import check_net_allows, check_tta
 from .executor import CompiledPlan, finite
 from .pipeline import run_batches
 from .tiling import Tile, tiles
@@ -117,12 +118,13 @@ PROCESS_BYTES = 128 << 20  # measured ~75 MiB after a small run, doubled
 
 def plan_for_volume(net: Network, extent: Vec3, patch: Vec3 | None, memory: int | None,
                     primitives: PrimitiveChoice = None, threads: int | None = None,
-                    held_bytes: int = 0, precision: str = "fp32") -> Plan:
+                    held_bytes: int = 0, precision: str = "fp32", tta: str = "none") -> Plan:
     """The plan for a volume of output ``extent``. With a patch or a fixed primitive choice:
     that patch (default: the largest fitting) and choice; otherwise the planner's search
-    (``precision``: see :func:`znni.planner.plan`). ``held_bytes`` (the volumes in RAM) and
-    the process itself come out of the budget."""
+    (``precision``, ``tta``: see :func:`znni.planner.plan`). ``held_bytes`` (the volumes in
+    RAM) and the process itself come out of the budget."""
     check_precision(precision)
+    check_net_allows(tta, net, patch)
     budget = memory if memory is not None else default_budget()
     room = budget - held_bytes - PROCESS_BYTES
     if room <= 0:
@@ -130,7 +132,7 @@ def plan_for_volume(net: Network, extent: Vec3, patch: Vec3 | None, memory: int 
                         f"input and output volumes ({held_bytes / 2**30:.2f} GiB) and znni itself",
                         "raise --memory, or process the volume in pieces")
     if patch is None and primitives in (None, "auto"):
-        return search_plan(net, room, threads, extent=extent, precision=precision)
+        return search_plan(net, room, threads, extent=extent, precision=precision, tta=tta)
     if precision != "fp32":
         raise PlanError(f"precision {precision} is the planner's choice per layer, and a fixed "
                         "patch or primitive skips the planner",
@@ -138,14 +140,23 @@ def plan_for_volume(net: Network, extent: Vec3, patch: Vec3 | None, memory: int 
                         "layers in a per-layer primitive mapping")
     if patch is None:
         patch = default_patch(net, extent, room, primitives)
-    return make_plan(net, patch, 1, primitives)
+        check_net_allows(tta, net, patch)
+    return replace(make_plan(net, patch, 1, primitives), tta=tta)
+
+
+def check_plan_tta(plan: Plan, tta: str) -> None:
+    """Refuse a saved plan whose test-time augmentation is not the one asked for."""
+    check_tta(tta)
+    if tta not in ("none", plan.tta):
+        raise PlanError(f"the saved plan runs --tta {plan.tta}, not {tta}",
+                        f"re-plan with --tta {tta}, or drop --tta to run the plan's")
 
 
 def infer(net: Network, volume: np.ndarray, patch: Vec3 | None = None, *,
           plan: Plan | None = None, primitives: PrimitiveChoice = None,
           threads: int | None = None, memory: int | None = None, mode: str = "valid",
           progress: Callable[[int, int], None] | None = None,
-          precision: str = "fp32") -> np.ndarray:
+          precision: str = "fp32", tta: str = "none") -> np.ndarray:
     """Dense output ``(C_out, Z−FOVz+1, Y−FOVy+1, X−FOVx+1)`` of ``net`` on ``volume``.
 
     ``volume`` is ``(Z, Y, X)`` or ``(C, Z, Y, X)``; float32 is used as is, uint8/uint16 scaled
@@ -157,18 +168,20 @@ def infer(net: Network, volume: np.ndarray, patch: Vec3 | None = None, *,
     by the simple ``auto`` rule, the patch as the largest that fits). A saved ``plan`` fixes
     everything. ``mode="same"`` reflects the input at its border so that the output is as large
     as the input and aligned with it. ``precision="bf16"`` lets the planner run the inner conv
-    layers in bf16 where faster (float32 accumulation; docs/design.md §5.7).
+    layers in bf16 where faster (float32 accumulation; docs/design.md §5.7). ``tta="flips"``
+    (or ``"flips+transpose"``) averages the net over the flipped (and y/x-transposed) input
+    (:mod:`znni.tta`), 8 (16) runs per patch.
     """
     return infer_with_stats(net, volume, patch, plan=plan, primitives=primitives,
                             threads=threads, memory=memory, mode=mode, progress=progress,
-                            precision=precision)[0]
+                            precision=precision, tta=tta)[0]
 
 
 def infer_with_stats(net: Network, volume: np.ndarray, patch: Vec3 | None = None, *,
                      plan: Plan | None = None, primitives: PrimitiveChoice = None,
                      threads: int | None = None, memory: int | None = None,
                      mode: str = "valid", progress: Callable[[int, int], None] | None = None,
-                     precision: str = "fp32") -> tuple[np.ndarray, InferStats]:
+                     precision: str = "fp32", tta: str = "none") -> tuple[np.ndarray, InferStats]:
     net.require_weights()
     check_mode(mode)
     raw = np.asarray(volume)
@@ -181,7 +194,8 @@ def infer_with_stats(net: Network, volume: np.ndarray, patch: Vec3 | None = None
     if plan is None:
         plan = plan_for_volume(net, extent, None if patch is None else net.check_patch(patch),
                                memory, primitives, threads, held_bytes=vol.nbytes + out_bytes,
-                               precision=precision)
+                               precision=precision, tta=tta)
+    check_plan_tta(plan, tta)
     compiled = CompiledPlan(plan, net, threads or config.default_threads())
     start = time.perf_counter()
     out = np.empty((net.output_channels, *extent), np.float32)

@@ -40,9 +40,10 @@ from .block_task import Region, Source, VolumeJob, open_job, release, run_block
 from .cluster import check_output, run_on_cluster
 from .executor import check_plan
 from .identity import check_distinct, content_identity
-from .infer import plan_for_volume
+from .infer import check_plan_tta, plan_for_volume
 from .ledger import Ledger
 from .lock import output_lock
+from .mask import open_mask
 from .storage import (
     OutputVolume,
     check_output_spec,
@@ -64,8 +65,9 @@ BLOCK_BYTES = 256 << 20
 class VolumeStats:
     seconds: float
     output_voxels: int   # computed by this run (done blocks skipped)
-    blocks_run: int
-    blocks_skipped: int
+    blocks_run: int      # by this run, masked ones included
+    blocks_skipped: int  # done before this run
+    blocks_masked: int = 0  # filled, not computed: the mask marks them empty
 
     @property
     def voxels_per_second(self) -> float:
@@ -93,10 +95,10 @@ def parse_bbox(text: str, shape: Sequence[int]) -> Region:
 
 
 def job_digest(net: Network, plan: Plan, source: Source, mode: str, output_dtype: str,
-               input_identity: str) -> str:
+               input_identity: str, mask: list[Any] | None = None) -> str:
     """What the output's bits depend on, the input's content identity
     (:func:`~znni.runtime.identity.content_identity`) included: done records of any other job
-    are not reused."""
+    are not reused; ``mask``: the mask's path, identity, factor and fill, if any."""
     h = hashlib.sha256()
     h.update(network_digest(net).encode())
     for index, (w, b) in sorted(net.require_weights().items()):
@@ -104,10 +106,10 @@ def job_digest(net: Network, plan: Plan, source: Source, mode: str, output_dtype
                  + np.ascontiguousarray(b).tobytes())
     h.update(json.dumps({
         "plan": [plan.output_patch, plan.batch,
-                 [(lp.primitive, lp.in_place) for lp in plan.layers]],
+                 [(lp.primitive, lp.in_place) for lp in plan.layers], plan.tta],
         "input": [source.volume.path, source.volume.shape, str(source.volume.dtype),
                   input_identity],
-        "region": source.region, "mode": mode, "dtype": output_dtype}).encode())
+        "region": source.region, "mode": mode, "dtype": output_dtype, "mask": mask}).encode())
     return h.hexdigest()
 
 
@@ -131,15 +133,18 @@ def infer_volume(net: Network, src: str, dst: str, *, plan: Plan | None = None,
                  memory: int | str | None = None, threads: int | None = None, mode: str = "valid",
                  bbox: str | None = None, output_dtype: str = "float32",
                  progress: Callable[[int, int, VolumeStats], None] | None = None,
-                 client: Any = None, precision: str = "fp32") -> VolumeStats:
+                 client: Any = None, precision: str = "fp32", mask: str | None = None,
+                 mask_fill: float = 0.0, tta: str = "none") -> VolumeStats:
     """Dense inference of ``net`` from the volume at ``src`` into ``dst`` (see the module
     docstring; formats in :mod:`~znni.runtime.storage`). ``plan``: a saved plan; else one made
     as :func:`znni.infer` makes it (``patch``, ``primitives``), within ``memory`` bytes (int or
     ``"4GiB"``; default: 80 % of the available RAM) less one block — per worker. ``bbox``:
     ``"z0:z1,y0:y1,x0:x1"`` of the input. ``progress(done, total, stats)`` after each block.
     ``client``: a ``distributed.Client`` to farm the blocks out to (:mod:`.cluster`); each
-    worker runs ``threads`` kernel threads. ``precision``: as :func:`znni.infer`. Returns what
-    this run did.
+    worker runs ``threads`` kernel threads. ``precision``: as :func:`znni.infer`. ``mask``: a
+    volume (the input's grid or a coarser one) zero where output blocks are filled with
+    ``mask_fill`` instead of computed (:mod:`.mask`). ``tta``: as :func:`znni.infer`.
+    Returns what this run did.
 
     In order: every check and the plan (:func:`prepare_job`; nothing on disk is touched), the
     output's lock (:mod:`.lock`; held to the end), the kernels (compiled here for a local run),
@@ -148,7 +153,7 @@ def infer_volume(net: Network, src: str, dst: str, *, plan: Plan | None = None,
     if client is not None:
         check_output(dst)
     job = prepare_job(net, src, dst, plan, patch, primitives, memory, threads, mode, bbox,
-                      output_dtype, precision)
+                      output_dtype, precision, mask, mask_fill, tta)
     with output_lock(lock_path(dst), dst):
         job.ledger().check()
         try:
@@ -223,27 +228,32 @@ def _run(job: VolumeJob, progress: Callable[[int, int, VolumeStats], None] | Non
     ledger = job.ledger()
     todo = [b.index for b in work if not ledger.done(b.name)]
     start = time.perf_counter()
-    voxels = 0
+    voxels = masked = 0
 
-    def finished(n: int, written: int) -> None:
-        nonlocal voxels
-        voxels += written
+    def stats(n: int) -> VolumeStats:
+        return VolumeStats(time.perf_counter() - start, voxels, n, len(work) - len(todo),
+                           masked)
+
+    def finished(n: int, computed: int) -> None:
+        nonlocal voxels, masked
+        voxels += computed
+        masked += computed == 0
         if progress is not None:
-            progress(len(work) - len(todo) + n, len(work), VolumeStats(
-                time.perf_counter() - start, voxels, n, len(work) - len(todo)))
+            progress(len(work) - len(todo) + n, len(work), stats(n))
 
     if client is None:
         for n, index in enumerate(todo, 1):
             finished(n, run_block(job, index))
     else:
         run_on_cluster(client, job, todo, finished)
-    return VolumeStats(time.perf_counter() - start, voxels, len(todo), len(work) - len(todo))
+    return stats(len(todo))
 
 
 def prepare_job(net: Network, src: str, dst: str, plan: Plan | None, patch: Vec3 | None,
                 primitives: PrimitiveChoice, memory: int | str | None, threads: int | None,
                 mode: str, bbox: str | None, output_dtype: str,
-                precision: str = "fp32") -> VolumeJob:
+                precision: str = "fp32", mask: str | None = None,
+                mask_fill: float = 0.0, tta: str = "none") -> VolumeJob:
     """Check everything and plan: a job ready to run, locally or on a cluster. Touches nothing
     on disk: the output and its ledger are made by :func:`infer_volume`, under the lock."""
     check_mode(mode)
@@ -271,12 +281,24 @@ def prepare_job(net: Network, src: str, dst: str, plan: Plan | None, patch: Vec3
         plan = plan_for_volume(net, extent,
                                None if patch is None else net.check_patch(patch), budget,
                                primitives, threads, held_bytes=BLOCK_BYTES,
-                               precision=precision)
+                               precision=precision, tta=tta)
     check_plan(plan, net)
+    check_plan_tta(plan, tta)
     if saved:  # a saved plan: sized for this volume and --memory (planner/search.py)
         check_saved_plan(plan, net, extent, memory)
     identity = content_identity(volume_path(src))
+    masking, mask_record = None, None
+    if mask is not None:
+        check_distinct(mask, volume_path(mask), dst, {"the output": volume_path(dst),
+                                                      "its done records": ledger_folder(dst),
+                                                      "its lock file": lock_path(dst)})
+        # output voxel 0's field of view is centred on this input voxel ("same": its own)
+        centre = [0, 0, 0] if mode == "same" else [(f - 1) // 2 for f in fov]
+        masking = open_mask(mask, volume.shape[1:], vec3(region[0][a] + centre[a]
+                                                          for a in range(3)), mask_fill)
+        mask_record = [mask, content_identity(volume_path(mask)), masking.factor, mask_fill]
     return VolumeJob(net, plan, src, dst, region, mode, output_dtype,
                      threads or config.default_threads(), extent,
                      block_size(net, plan, extent),
-                     job_digest(net, plan, source, mode, output_dtype, identity), identity)
+                     job_digest(net, plan, source, mode, output_dtype, identity, mask_record),
+                     identity, masking)
