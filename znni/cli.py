@@ -513,6 +513,29 @@ def import_command(model: str, out_path: str, weights_path: str, spec: str | Non
     _run_guarded(run)
 
 
+@main.command()
+@click.argument("volumes", nargs=-1, required=True)
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="Address the viewer's server listens on (0.0.0.0: other machines too).")
+@click.option("--port", default=0, show_default=True, type=int, help="0: any free port.")
+def view(volumes: tuple[str, ...], bind: str, port: int) -> None:
+    """Show VOLUMES (an input and its output, any format) in Neuroglancer, served from this
+    machine, in their world coordinates; prints the URL and serves until interrupted."""
+
+    def run() -> None:
+        from .view import serve
+
+        viewer = serve(list(volumes), bind, port)
+        click.echo(f"znni view: open {viewer} in a browser (Ctrl-C ends)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+    _run_guarded(run)
+
+
 @main.command("export")
 @click.argument("plan_path", metavar="PLAN.json")
 @click.option("--net", "spec", required=True, help="The plan's network spec (JSON or bundled).")

@@ -40,6 +40,7 @@ from ..errors import PlanError, ShapeError, ZnniError
 from ..planner.search import default_budget
 from ..primitives.base import FLOAT_BYTES
 from ..runtime.allocator import fixed_mmap_threshold
+from ..runtime.backends import UNIT_GRID
 from ..runtime.identity import check_distinct, content_identity
 from ..runtime.infer import PROCESS_BYTES
 from ..runtime.job import VolumeStats, initialised, report_cleared
@@ -84,6 +85,7 @@ class GraphJob:
     blocks: tuple[GraphBlock, ...]
     settings: dict[str, Any]  # what the output's bits and the blocks' names depend on
     blended: bool             # windows averaged (padded net) rather than exact blocks
+    centre: Vec3 = (0, 0, 0)  # the input voxel at the centre of output voxel 0's context
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,8 @@ def infer_graph_volume(graph: Graph, src: str, dst: str, patch: Vec3 | None,
     def make() -> OutputVolume:
         c, z, y, x = job.output_shape
         return open_output(dst, job.output_shape, "float32",
-                           (c, min(z, 64), min(y, 64), min(x, 64)))
+                           (c, min(z, 64), min(y, 64), min(x, 64)),
+                           (volume.grid or UNIT_GRID).shifted(job.centre))
 
     def close() -> None:
         while held:
@@ -207,8 +210,10 @@ def _tiled(graph: Graph, volume: InputVolume, patch: Vec3 | None, threads: int,
                           lambda: run_tile(tiling, compiled, read, tile))
 
     settings = {"tiled": tiling.block_input, "primitives": compiled.primitives}
+    centre = [(tiling.input_extent[a] - tiling.output_extent[a]) // 2 for a in range(3)]
     return GraphJob((graph.output_channels, *tiling.output_extent),
-                    tuple(block(t) for t in tiling.tiles), settings, False)
+                    tuple(block(t) for t in tiling.tiles), settings, False,
+                    (centre[0], centre[1], centre[2]))
 
 
 def _blended(graph: Graph, volume: InputVolume, patch: Vec3 | None, overlap: float,

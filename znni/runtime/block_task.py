@@ -16,6 +16,7 @@ import numpy as np
 
 from ..planner.plan import Plan
 from ..spec import Network, Vec3
+from .backends import Grid
 from .executor import CompiledPlan
 from .infer import check_finite, run_tiles
 from .ledger import Ledger
@@ -79,6 +80,7 @@ class VolumeJob:
     digest: str
     input_identity: str
     mask: Mask | None = None  # skips the blocks it marks empty (runtime/mask.py)
+    grid: Grid | None = None  # the output's world coordinates (runtime/backends.py)
 
     def source(self) -> Source:
         pad = same_padding(self.net) if self.mode == "same" else [(0, 0)] * 3
@@ -89,7 +91,8 @@ class VolumeJob:
 
     def output(self) -> OutputVolume:
         return open_output(self.dst, (self.net.output_channels, *self.extent),
-                           self.output_dtype, (self.net.output_channels, *self.block))
+                           self.output_dtype, (self.net.output_channels, *self.block),
+                           self.grid)
 
     def ledger(self) -> Ledger:
         return Ledger(ledger_folder(self.dst), {"digest": self.digest,

@@ -36,6 +36,7 @@ from ..errors import ShapeError, ZnniError
 from ..planner.plan import Plan, PrimitiveChoice, network_digest
 from ..planner.search import check_saved_plan
 from ..spec import Network, Vec3
+from .backends import UNIT_GRID, Grid
 from .block_task import Region, Source, VolumeJob, open_job, release, run_block
 from .cluster import check_output, run_on_cluster
 from .executor import check_plan
@@ -74,8 +75,9 @@ class VolumeStats:
         return self.output_voxels / self.seconds if self.seconds > 0 else float("inf")
 
 
-def parse_bbox(text: str, shape: Sequence[int]) -> Region:
-    """``z0:z1,y0:y1,x0:x1`` (empty bounds: the volume's) within ``shape`` (Z, Y, X)."""
+def parse_bbox(text: str, shape: Sequence[int], grid: Grid | None = None) -> Region:
+    """``z0:z1,y0:y1,x0:x1`` (empty bounds: the volume's) within ``shape`` (Z, Y, X): voxels,
+    or world coordinates in nanometres (``4000nm``) of a volume with a ``grid``."""
     parts = text.split(",")
     if len(parts) != 3 or any(p.count(":") != 1 for p in parts):
         raise ZnniError(f"cannot read --bbox {text!r}", "write z0:z1,y0:y1,x0:x1 (e.g. 0:512,:,:)")
@@ -83,15 +85,33 @@ def parse_bbox(text: str, shape: Sequence[int]) -> Region:
     for axis, part in enumerate(parts):
         lo, hi = part.split(":")
         try:
-            a, b = int(lo or 0), int(hi) if hi else shape[axis]
+            a = _bound(lo, 0, axis, grid)
+            b = _bound(hi, shape[axis], axis, grid)
         except ValueError:
-            raise ZnniError(f"cannot read --bbox {text!r}", "bounds are integers") from None
+            raise ZnniError(f"cannot read --bbox {text!r}", "bounds are integers (voxels) or "
+                            "world coordinates in nm on the voxel grid (e.g. 4000nm)") from None
         if not 0 <= a < b <= shape[axis]:
             raise ShapeError(f"--bbox {part!r} on axis {'zyx'[axis]} is outside the volume's "
                              f"0:{shape[axis]}", "give 0 ≤ start < stop ≤ the volume size")
         start.append(a)
         stop.append(b)
     return (start[0], start[1], start[2]), (stop[0], stop[1], stop[2])
+
+
+def _bound(text: str, default: int, axis: int, grid: Grid | None) -> int:
+    """One bound of --bbox in voxels of the volume: an integer, or ``<number>nm`` in world
+    coordinates (a ValueError if it is neither, or lies between voxels)."""
+    if not text:
+        return default
+    if not text.endswith("nm"):
+        return int(text)
+    if grid is None:
+        raise ZnniError("--bbox in nm needs an input with world coordinates",
+                        "give voxels, or an OME-Zarr or precomputed input")
+    voxels = float(text[:-2]) / grid.resolution[axis] - grid.offset[axis]
+    if abs(voxels - round(voxels)) > 1e-6:
+        raise ValueError(text)
+    return round(voxels)
 
 
 def job_digest(net: Network, plan: Plan, source: Source, mode: str, output_dtype: str,
@@ -266,7 +286,8 @@ def prepare_job(net: Network, src: str, dst: str, plan: Plan | None, patch: Vec3
     check_distinct(src, volume_path(src), dst, {"the output": volume_path(dst),
                                                 "its done records": ledger_folder(dst),
                                                 "its lock file": lock_path(dst)})
-    region = parse_bbox(bbox, volume.shape[1:]) if bbox else ((0, 0, 0), volume.shape[1:])
+    region = (parse_bbox(bbox, volume.shape[1:], volume.grid) if bbox
+              else ((0, 0, 0), volume.shape[1:]))
     pad = same_padding(net) if mode == "same" else [(0, 0)] * 3
     source = Source(volume, region, pad)
     fov = net.fov
@@ -287,18 +308,19 @@ def prepare_job(net: Network, src: str, dst: str, plan: Plan | None, patch: Vec3
     if saved:  # a saved plan: sized for this volume and --memory (planner/search.py)
         check_saved_plan(plan, net, extent, memory)
     identity = content_identity(volume_path(src))
+    # output voxel 0's field of view is centred on this input voxel ("same": its own): where
+    # the output lies in the input's world, and what the mask says of it
+    centre = [0, 0, 0] if mode == "same" else [(f - 1) // 2 for f in fov]
+    first = vec3(region[0][a] + centre[a] for a in range(3))
     masking, mask_record = None, None
     if mask is not None:
         check_distinct(mask, volume_path(mask), dst, {"the output": volume_path(dst),
                                                       "its done records": ledger_folder(dst),
                                                       "its lock file": lock_path(dst)})
-        # output voxel 0's field of view is centred on this input voxel ("same": its own)
-        centre = [0, 0, 0] if mode == "same" else [(f - 1) // 2 for f in fov]
-        masking = open_mask(mask, volume.shape[1:], vec3(region[0][a] + centre[a]
-                                                          for a in range(3)), mask_fill)
+        masking = open_mask(mask, volume.shape[1:], first, mask_fill)
         mask_record = [mask, content_identity(volume_path(mask)), masking.factor, mask_fill]
     return VolumeJob(net, plan, src, dst, region, mode, output_dtype,
                      threads or config.default_threads(), extent,
                      block_size(net, plan, extent),
                      job_digest(net, plan, source, mode, output_dtype, identity, mask_record),
-                     identity, masking)
+                     identity, masking, (volume.grid or UNIT_GRID).shifted(first))

@@ -2,8 +2,10 @@
 
 Paths pick the format: ``*.npy`` (memory-mapped), ``*.zarr`` (zarr v3 directory; the default
 for outputs: chunked, compressed), ``*.h5``/``*.hdf5`` with ``:/dataset`` (HDF5), ``*.tif``/
-``*.tiff`` (TIFF stacks, input only; read lazily through tifffile's zarr view). zarr, h5py and
-tifffile are optional (``pip install "znni[io]"``); a missing one is named in the error.
+``*.tiff`` (TIFF stacks, input only; read lazily through tifffile's zarr view), and with world
+coordinates (:mod:`.backends`) ``*.ome.zarr`` (OME-Zarr) and ``precomputed://file:///…``
+(Neuroglancer precomputed, through CloudVolume). zarr, h5py, tifffile and cloud-volume are
+optional (``pip install "znni[io]"``); a missing one is named in the error.
 
 Inputs are ``(Z, Y, X)`` or ``(C, Z, Y, X)`` of uint8, uint16 or float32 and are presented as
 4-D. Outputs are ``(C, Z, Y, X)`` float32 or uint8 (values in [0, 1] scaled to 0..255), chunked
@@ -22,6 +24,17 @@ import numpy as np
 
 from ..errors import ShapeError, ZnniError
 from ..primitives.base import release_tail
+from .backends import (
+    PRECOMPUTED,
+    UNIT_GRID,
+    Grid,
+    create_ome,
+    create_precomputed,
+    local_path,
+    open_ome,
+    open_precomputed,
+    split_mip,
+)
 
 INPUT_DTYPES = (np.uint8, np.uint16, np.float32)
 OUTPUT_DTYPES = ("float32", "uint8")
@@ -43,20 +56,28 @@ def _split_h5(spec: str) -> tuple[Path, str]:
 
 
 def _kind(spec: str) -> str:
+    if spec.startswith(PRECOMPUTED):
+        return "precomputed"
+    if split_mip(spec)[0].lower().rstrip("/").endswith(".ome.zarr"):
+        return "ome"
     path = spec.partition(":")[0] if ".h5:" in spec or ".hdf5:" in spec else spec
     suffix = Path(path).suffix.lower()
     kinds = {".npy": "npy", ".zarr": "zarr", ".h5": "h5", ".hdf5": "h5", ".tif": "tiff",
              ".tiff": "tiff"}
     if suffix not in kinds:
         raise ZnniError(f"cannot tell the format of {spec!r}",
-                        "use .npy, .zarr, FILE.h5:/dataset or .tif/.tiff")
+                        "use .npy, .zarr, .ome.zarr, FILE.h5:/dataset, .tif/.tiff or "
+                        "precomputed://file:///…")
     return kinds[suffix]
 
 
 def volume_path(spec: str) -> Path:
-    """The file (npy, TIFF, HDF5: the whole file, whatever the dataset) or directory (zarr)
-    holding the volume ``spec``."""
-    return _split_h5(spec)[0] if _kind(spec) == "h5" else Path(spec)
+    """The file (npy, TIFF, HDF5: the whole file, whatever the dataset) or directory (zarr,
+    OME-Zarr, a precomputed layer) holding the volume ``spec``."""
+    kind = _kind(spec)
+    if kind in ("precomputed", "ome"):
+        return local_path(spec)
+    return _split_h5(spec)[0] if kind == "h5" else Path(spec)
 
 
 def ledger_folder(spec: str) -> Path:
@@ -64,7 +85,7 @@ def ledger_folder(spec: str) -> Path:
     if _kind(spec) == "h5":
         path, dataset = _split_h5(spec)
         return path.with_name(f"{path.name}.{dataset.strip('/').replace('/', '.')}.znni-done")
-    path = Path(spec)
+    path = volume_path(spec)
     return path.with_name(f"{path.name}.znni-done")
 
 
@@ -81,6 +102,7 @@ class InputVolume:
 
     array: Any
     path: str
+    grid: Grid | None = None  # world coordinates, where the format has them
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -106,9 +128,15 @@ def open_input(spec: str) -> InputVolume:
     path = volume_path(spec)
     if not path.exists():
         raise ZnniError(f"input volume {spec!r} not found", "check the --input path")
+    grid = None
     try:
-        if kind == "npy":
-            array: Any = np.load(path, mmap_mode="r", allow_pickle=False)
+        if kind == "precomputed":
+            array: Any = open_precomputed(spec)
+            grid = array.grid
+        elif kind == "ome":
+            array, grid = open_ome(spec)
+        elif kind == "npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
         elif kind == "zarr":
             array = _require("zarr").open_array(str(path), mode="r")
         elif kind == "h5":
@@ -128,7 +156,7 @@ def open_input(spec: str) -> InputVolume:
     except Exception as exc:  # noqa: BLE001 - every reader has its own errors: name the file
         raise ZnniError(f"cannot read input volume {spec!r}: {exc}",
                         "give a .npy, .zarr, FILE.h5:/dataset or TIFF volume") from None
-    volume = InputVolume(array, spec)
+    volume = InputVolume(array, spec, grid)
     if len(array.shape) not in (3, 4):
         raise ShapeError(f"input volume {spec!r} has {len(array.shape)} dimensions",
                          "give (Z,Y,X) or (C,Z,Y,X)")
@@ -194,9 +222,11 @@ def check_output_spec(spec: str, dtype: str) -> None:
 
 
 def open_output(spec: str, shape: tuple[int, int, int, int], dtype: str,
-                chunks: tuple[int, int, int, int]) -> OutputVolume:
+                chunks: tuple[int, int, int, int], grid: Grid | None = None) -> OutputVolume:
     """Create ``spec``, or reopen it if it already holds an array of exactly this shape and
-    dtype (a resumed run). Anything else there is an error, and is left untouched."""
+    dtype (a resumed run). Anything else there is an error, and is left untouched. ``grid``:
+    the output's world coordinates, for the formats that keep them (default: 1 nm voxels at
+    the origin)."""
     check_output_spec(spec, dtype)
     kind, path = _kind(spec), volume_path(spec)
     existing = _open_existing(spec, kind, path)
@@ -207,6 +237,12 @@ def open_output(spec: str, shape: tuple[int, int, int, int], dtype: str,
                             f"{found[1]}; this run writes {list(shape)} {dtype}",
                             "choose another --output, or delete the old one")
         return existing
+    if kind == "precomputed":
+        return OutputVolume(create_precomputed(spec, shape, dtype, chunks, grid or UNIT_GRID),
+                            spec, created=True)
+    if kind == "ome":
+        return OutputVolume(create_ome(spec, shape, dtype, chunks, grid or UNIT_GRID), spec,
+                            created=True)
     if kind == "npy":
         array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
         return OutputVolume(array, spec, created=True)
@@ -243,6 +279,10 @@ def _open_existing(spec: str, kind: str, path: Path) -> OutputVolume | None:
     if not path.exists():
         return None
     try:
+        if kind == "precomputed":
+            return OutputVolume(open_precomputed(spec, writable=True), spec)
+        if kind == "ome":
+            return OutputVolume(open_ome(spec, writable=True)[0], spec)
         if kind == "npy":
             return OutputVolume(np.load(path, mmap_mode="r+", allow_pickle=False), spec)
         if kind == "zarr":

@@ -1,0 +1,181 @@
+"""Volumes with world coordinates: Neuroglancer precomputed (CloudVolume) and OME-Zarr. An
+output lands where its input was (offset and resolution), its data equals znni.infer on the
+same array bit for bit, killed runs resume to the same bits, --bbox takes nanometres, and bad
+layers are refused before anything is written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import znni
+from znni.errors import ZnniError
+from znni.runtime import job
+from znni.runtime.job import infer_volume
+
+from .conftest import random_volume
+from .test_volume_job import _net
+
+cloudvolume = pytest.importorskip("cloudvolume")
+zarr = pytest.importorskip("zarr")
+
+RESOLUTION = (40.0, 4.0, 4.0)  # z, y, x nanometres: anisotropic, as EM is
+OFFSET = (5, 20, 10)           # voxels, z, y, x
+
+
+@pytest.fixture
+def small_blocks(monkeypatch) -> None:
+    monkeypatch.setattr(job, "BLOCK_BYTES", 30_000)  # several blocks on small volumes
+
+
+def _precomputed(folder, volume: np.ndarray) -> str:
+    z, y, x = volume.shape
+    info = cloudvolume.CloudVolume.create_new_info(
+        num_channels=1, layer_type="image", data_type="uint8", encoding="raw",
+        resolution=list(reversed(RESOLUTION)), voxel_offset=list(reversed(OFFSET)),
+        chunk_size=[16, 16, 8], volume_size=[x, y, z])
+    url = f"precomputed://file://{folder}/em"
+    layer = cloudvolume.CloudVolume(url, info=info, progress=False)
+    layer.commit_info()
+    layer[:, :, :] = volume.transpose(2, 1, 0)[..., None]
+    return url
+
+
+def _ome(folder, volume: np.ndarray) -> str:
+    path = str(folder / "em.ome.zarr")
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    group.create_array("0", shape=volume.shape, chunks=(8, 16, 16), dtype=volume.dtype)[...] = (
+        volume)
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": list(RESOLUTION)},
+            {"type": "translation", "translation": [o * r for o, r in zip(OFFSET, RESOLUTION,
+                                                                           strict=True)]}]}]}]}
+    return path
+
+
+def _read_precomputed(url: str) -> tuple[np.ndarray, tuple, tuple]:
+    layer = cloudvolume.CloudVolume(url, progress=False)
+    data = np.asarray(layer[:, :, :]).transpose(3, 2, 1, 0)
+    return (data, tuple(int(v) for v in reversed(layer.voxel_offset)),
+            tuple(float(r) for r in reversed(layer.resolution)))
+
+
+def _read_ome(path: str) -> tuple[np.ndarray, tuple, tuple]:
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    node = next(iter(Reader(parse_url(path))()))
+    scale, translation = (t[key] for t, key in zip(node.metadata["coordinateTransformations"][0],
+                                                    ("scale", "translation"), strict=True))
+    resolution = tuple(float(s) for s in scale[-3:])
+    offset = tuple(round(t / r) for t, r in zip(translation[-3:], resolution, strict=True))
+    return np.asarray(node.data[0]), offset, resolution
+
+
+@pytest.mark.parametrize("backend", ["precomputed", "ome"])
+def test_outputs_land_where_their_inputs_were(tmp_path, small_blocks, backend) -> None:
+    net = _net()
+    volume = (random_volume((26, 33, 30), seed=2) * 255).astype(np.uint8)
+    make, read = (_precomputed, _read_precomputed) if backend == "precomputed" else (
+        _ome, _read_ome)
+    src = make(tmp_path, volume)
+    dst = (f"precomputed://file://{tmp_path}/pred" if backend == "precomputed"
+           else str(tmp_path / "pred.ome.zarr"))
+    plan = znni.make_plan(net, (2, 4, 6), 2, "fft-pruned")
+
+    class Stop(Exception):
+        pass
+
+    def kill_after_two(done, total, stats):
+        if stats.blocks_run == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        infer_volume(net, src, dst, plan=plan, threads=2, progress=kill_after_two)
+    stats = infer_volume(net, src, dst, plan=plan, threads=2)
+    assert stats.blocks_skipped == 2 and stats.blocks_run > 0
+    data, offset, resolution = read(dst)
+    np.testing.assert_array_equal(data, znni.infer(net, volume, plan=plan, threads=2))
+    centre = [(f - 1) // 2 for f in net.fov]
+    assert offset == tuple(OFFSET[a] + centre[a] for a in range(3))
+    assert resolution == RESOLUTION
+
+
+def test_bbox_takes_world_coordinates(tmp_path) -> None:
+    net = _net()
+    volume = (random_volume((26, 33, 30), seed=2) * 255).astype(np.uint8)
+    src = _ome(tmp_path, volume)
+    world = ",".join(":".join(f"{(OFFSET[a] + v) * RESOLUTION[a]:g}nm" for v in bounds)
+                     for a, bounds in enumerate([(2, 20), (3, 30), (0, 25)]))
+    infer_volume(net, src, str(tmp_path / "world.npy"), bbox=world, threads=2, patch=(2, 4, 6))
+    infer_volume(net, src, str(tmp_path / "voxels.npy"), bbox="2:20,3:30,0:25", threads=2,
+                 patch=(2, 4, 6))
+    np.testing.assert_array_equal(np.load(tmp_path / "world.npy"),
+                                  np.load(tmp_path / "voxels.npy"))
+    with pytest.raises(ZnniError, match="on the voxel grid"):
+        infer_volume(net, src, str(tmp_path / "off.npy"), bbox="202nm:800nm,:,:", threads=2)
+
+
+@pytest.mark.parametrize("case,words", [
+    ("missing_layer", "No info file"),
+    ("missing_mip", "MIP 2 not found"),
+    ("remote", "remote precomputed layers"),
+    ("ome_level", "no level 3"),
+])
+def test_bad_layers_say_what_is_wrong_and_write_nothing(tmp_path, case, words) -> None:
+    volume = (random_volume((26, 33, 30), seed=2) * 255).astype(np.uint8)
+    src = {"missing_layer": lambda: f"precomputed://file://{tmp_path}",  # a folder, no info
+           "missing_mip": lambda: _precomputed(tmp_path, volume) + "#mip=2",
+           "remote": lambda: "precomputed://gs://bucket/em",
+           "ome_level": lambda: _ome(tmp_path, volume) + "#mip=3"}[case]()
+    with pytest.raises(ZnniError, match=words):
+        infer_volume(_net(), src, str(tmp_path / "out.zarr"))
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_view_serves_input_and_output_in_world_coordinates(tmp_path, monkeypatch) -> None:
+    """znni view's server (on 127.0.0.1) answers, with both volumes as layers, each placed at
+    its world coordinates (the output where its input was)."""
+    neuroglancer = pytest.importorskip("neuroglancer")
+    import urllib.request
+
+    from znni.view import serve
+
+    placed = []
+    local_volume = neuroglancer.LocalVolume
+
+    def recording(data, dimensions, voxel_offset):
+        placed.append((list(dimensions.scales), list(voxel_offset)))
+        return local_volume(data, dimensions=dimensions, voxel_offset=voxel_offset)
+
+    monkeypatch.setattr(neuroglancer, "LocalVolume", recording)
+
+    volume = (random_volume((26, 33, 30), seed=2) * 255).astype(np.uint8)
+    src = _ome(tmp_path, volume)
+    infer_volume(_net(), src, str(tmp_path / "pred.ome.zarr"), threads=2, patch=(2, 4, 6))
+    viewer = serve([src, str(tmp_path / "pred.ome.zarr")])
+    try:
+        url = str(viewer)
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url, timeout=30) as page:  # noqa: S310 - loopback http
+            assert page.status == 200
+        layers = viewer.state.layers
+        assert [layer.name for layer in layers] == ["em.ome.zarr", "pred.ome.zarr"]
+        assert layers[0].layer.source[0].url.startswith("python://")
+        centre = [(f - 1) // 2 for f in _net().fov]
+        metres = pytest.approx([1, *(r * 1e-9 for r in RESOLUTION)])  # neuroglancer's unit
+        assert placed == [(metres, [0, *OFFSET]),
+                          (metres, [0, *(OFFSET[a] + centre[a] for a in range(3))])]
+    finally:
+        neuroglancer.stop()
+
+
+def test_cli_view_of_a_missing_volume_says_so(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from znni.cli import main
+
+    result = CliRunner().invoke(main, ["view", str(tmp_path / "nothing.ome.zarr")])
+    assert result.exit_code == 2 and "not found" in result.output, result.output

@@ -1,0 +1,206 @@
+"""Volumes with world coordinates: Neuroglancer precomputed layers (through CloudVolume) and
+OME-Zarr images (0.4 read, 0.5 read and written), behind the array interface of
+:mod:`.storage` (docs/design.md §8).
+
+Both carry a :class:`Grid` — the voxel size in nanometres and the voxel offset of voxel 0 — so
+that an output lands where its input was: the job sets the output's offset to the input voxel at
+the centre of output voxel 0's field of view. Specs:
+
+- ``precomputed://file:///path/to/layer`` (``#mip=N``: that scale; outputs are written at
+  one scale). CloudVolume indexes ``(x, y, z, c)``; the adapter presents ``(c, z, y, x)``.
+- ``/path/to/image.ome.zarr`` (``#mip=N``: that multiscale level): axes ``[c,] z, y, x``, the
+  scale and translation of the level's coordinate transformations (translation / scale must be
+  whole voxels).
+
+Remote layers (``gs://``, ``s3://``) are refused for now: the done records, the output's lock and
+the input's content identity need a local path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShapeError, ZnniError
+from ..spec import Vec3
+
+PRECOMPUTED = "precomputed://"
+_MIP = re.compile(r"#mip=(\d+)$")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where voxels lie in the world: nanometres per voxel and the offset of voxel 0 (in
+    voxels), both (z, y, x)."""
+
+    resolution: tuple[float, float, float]
+    offset: Vec3
+
+    def shifted(self, by: Vec3) -> Grid:
+        return Grid(self.resolution, (self.offset[0] + by[0], self.offset[1] + by[1],
+                                      self.offset[2] + by[2]))
+
+
+UNIT_GRID = Grid((1.0, 1.0, 1.0), (0, 0, 0))
+
+
+def split_mip(spec: str) -> tuple[str, int]:
+    """``spec`` without its ``#mip=N`` suffix, and N (0 without one)."""
+    match = _MIP.search(spec)
+    return (spec[:match.start()], int(match.group(1))) if match else (spec, 0)
+
+
+def local_path(spec: str) -> Path:
+    """The directory of a precomputed layer (``file://`` only) or an OME-Zarr image."""
+    base = split_mip(spec)[0]
+    if base.startswith(PRECOMPUTED):
+        url = base[len(PRECOMPUTED):]
+        if not url.startswith("file://"):
+            raise ZnniError(f"{spec!r}: remote precomputed layers are not supported yet",
+                            "copy the layer to a local disk and use precomputed://file:///…")
+        return Path(url[len("file://"):])
+    return Path(base)
+
+
+def _require(module: str, extra: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ZnniError(f"this format needs the Python package {module!r}",
+                        f'install it: pip install "znni[{extra}]"') from None
+
+
+class _Precomputed:
+    """A CloudVolume scale as a ``(C, Z, Y, X)`` array indexed from 0."""
+
+    def __init__(self, volume: Any) -> None:
+        self.volume = volume
+        x, y, z, c = (int(n) for n in volume.shape)
+        self.shape = (c, z, y, x)
+        self.dtype = np.dtype(volume.dtype)
+        ox, oy, oz = (int(n) for n in volume.voxel_offset)
+        self.origin = (oz, oy, ox)
+
+    def _box(self, key: tuple[slice, ...]) -> tuple[slice, slice, slice]:
+        """CloudVolume's (x, y, z) slices of our (c, z, y, x) ``key``."""
+        spatial = [key[1 + a].indices(self.shape[1 + a])[:2] for a in range(3)]
+        return tuple(slice(self.origin[a] + lo, self.origin[a] + hi)  # type: ignore[return-value]
+                     for a, (lo, hi) in reversed(list(enumerate(spatial))))
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        cut = np.asarray(self.volume[self._box(key)])  # (x, y, z, c)
+        out: np.ndarray = cut.transpose(3, 2, 1, 0)[key[0]]
+        return out
+
+    def __setitem__(self, key: tuple[slice, ...], data: np.ndarray) -> None:
+        self.volume[self._box(key)] = np.ascontiguousarray(data.transpose(3, 2, 1, 0))
+
+    @property
+    def grid(self) -> Grid:
+        rx, ry, rz = (float(r) for r in self.volume.resolution)
+        return Grid((rz, ry, rx), self.origin)
+
+
+def open_precomputed(spec: str, writable: bool = False) -> _Precomputed:
+    cloudvolume = _require("cloudvolume", "io")
+    base, mip = split_mip(spec)
+    local_path(spec)  # refuses remote layers
+    try:
+        volume = cloudvolume.CloudVolume(base, mip=mip, progress=False, fill_missing=False,
+                                         bounded=True, non_aligned_writes=writable)
+    except Exception as exc:  # noqa: BLE001 - CloudVolume's own errors: name the layer
+        raise ZnniError(f"cannot open precomputed layer {spec!r}: {_first_line(exc)}",
+                        "check the path and the mip (its info file lists the scales)") from None
+    return _Precomputed(volume)
+
+
+def create_precomputed(spec: str, shape: tuple[int, int, int, int], dtype: str,
+                       chunks: tuple[int, int, int, int], grid: Grid) -> _Precomputed:
+    """A new layer of one scale (raw encoding), chunked like the job's blocks."""
+    cloudvolume = _require("cloudvolume", "io")
+    base, mip = split_mip(spec)
+    if mip:
+        raise ZnniError(f"{spec!r}: outputs are written at one scale", "drop the #mip suffix")
+    c, z, y, x = shape
+    info = cloudvolume.CloudVolume.create_new_info(
+        num_channels=c, layer_type="image", data_type=dtype, encoding="raw",
+        resolution=list(reversed(grid.resolution)), voxel_offset=list(reversed(grid.offset)),
+        chunk_size=[min(chunks[3], x), min(chunks[2], y), min(chunks[1], z)],
+        volume_size=[x, y, z])
+    volume = cloudvolume.CloudVolume(base, info=info, progress=False, non_aligned_writes=True)
+    volume.commit_info()
+    return _Precomputed(volume)
+
+
+def open_ome(spec: str, writable: bool = False) -> tuple[Any, Grid]:
+    """The level's array (3-D or 4-D with a leading channel axis) and its grid."""
+    zarr = _require("zarr", "io")
+    base, level = split_mip(spec)
+    try:
+        group = zarr.open_group(base, mode="r+" if writable else "r")
+        attrs = dict(group.attrs)
+        meta = attrs.get("ome", attrs)
+        scales = meta["multiscales"][0]
+        dataset = scales["datasets"][level]
+        array = group[dataset["path"]]
+    except IndexError:
+        raise ZnniError(f"OME-Zarr image {spec!r} has no level {level}",
+                        "give a #mip=N that its multiscales list") from None
+    except Exception as exc:  # noqa: BLE001 - zarr's errors, missing keys: name the image
+        raise ZnniError(f"cannot read OME-Zarr image {spec!r}: {_first_line(exc)}",
+                        "give an OME-Zarr image (a group with multiscales metadata)") from None
+    names = [axis["name"] if isinstance(axis, dict) else axis for axis in scales["axes"]]
+    if names[-3:] != ["z", "y", "x"] or len(names) - 3 not in (0, 1):
+        raise ShapeError(f"OME-Zarr image {spec!r} has axes {names}",
+                         "znni reads [c,] z, y, x images")
+    scale, translation = [1.0] * len(names), [0.0] * len(names)
+    for transform in [*scales.get("coordinateTransformations", []),
+                      *dataset.get("coordinateTransformations", [])]:
+        if transform["type"] == "scale":
+            scale = [a * b for a, b in zip(scale, transform["scale"], strict=True)]
+        elif transform["type"] == "translation":
+            translation = [a + b for a, b in zip(translation, transform["translation"],
+                                                  strict=True)]
+    resolution = (float(scale[-3]), float(scale[-2]), float(scale[-1]))
+    voxels = [translation[-3 + a] / resolution[a] for a in range(3)]
+    if any(abs(v - round(v)) > 1e-6 for v in voxels):
+        raise ShapeError(f"OME-Zarr image {spec!r} is translated by {translation[-3:]}, not "
+                         f"whole voxels of {list(resolution)}",
+                         "znni keeps outputs on the input's voxel grid")
+    return array, Grid(resolution, (round(voxels[0]), round(voxels[1]), round(voxels[2])))
+
+
+def create_ome(spec: str, shape: tuple[int, int, int, int], dtype: str,
+               chunks: tuple[int, int, int, int], grid: Grid) -> Any:
+    """A new OME-Zarr 0.5 image of one level (``0``), axes c, z, y, x in nanometres."""
+    zarr = _require("zarr", "io")
+    base, level = split_mip(spec)
+    if level:
+        raise ZnniError(f"{spec!r}: outputs are written at one level", "drop the #mip suffix")
+    group = zarr.open_group(base, mode="w-", zarr_format=3)
+    array = group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    space = [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "name": Path(base).name, "axes": [{"name": "c", "type": "channel"}, *space],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, *grid.resolution]},
+            {"type": "translation", "translation": [
+                0.0, *(grid.offset[a] * grid.resolution[a] for a in range(3))]}]}]}]}
+    return array
+
+
+def remove_tree(spec: str) -> None:
+    path = local_path(spec)
+    if path.is_dir():
+        shutil.rmtree(path)
+
+
+def _first_line(exc: Exception) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
