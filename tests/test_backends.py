@@ -55,6 +55,41 @@ def _ome(folder, volume: np.ndarray) -> str:
     return path
 
 
+def _n5(folder, volume: np.ndarray) -> str:
+    """An N5 dataset as funlib/daisy write them: x, y, z dimensions, resolution and a world
+    offset in x, y, z order."""
+    import json
+
+    tensorstore = pytest.importorskip("tensorstore")
+    path = folder / "em.n5" / "raw"
+    store = tensorstore.open({"driver": "n5", "kvstore": {"driver": "file", "path": str(path)},
+                              "metadata": {"dimensions": list(reversed(volume.shape)),
+                                           "blockSize": [16, 16, 8], "dataType": "uint8",
+                                           "compression": {"type": "raw"}},
+                              "create": True}).result()
+    store.write(volume.transpose(2, 1, 0)).result()
+    attrs = json.loads((path / "attributes.json").read_text())
+    attrs |= {"resolution": list(reversed(RESOLUTION)),
+              "offset": [o * r for o, r in zip(reversed(OFFSET), reversed(RESOLUTION),
+                                                strict=True)]}
+    (path / "attributes.json").write_text(json.dumps(attrs))
+    return str(path)
+
+
+def _read_n5(path: str) -> tuple[np.ndarray, tuple, tuple]:
+    import json
+    from pathlib import Path
+
+    tensorstore = pytest.importorskip("tensorstore")
+    store = tensorstore.open({"driver": "n5", "kvstore": {"driver": "file",
+                                                          "path": path}}).result()
+    attrs = json.loads((Path(path) / "attributes.json").read_text())
+    resolution = tuple(float(r) for r in reversed(attrs["resolution"][:3]))
+    offset = tuple(round(o / r) for o, r in zip(reversed(attrs["offset"]), resolution,
+                                                strict=True))
+    return store.read().result().transpose(3, 2, 1, 0), offset, resolution
+
+
 def _read_precomputed(url: str) -> tuple[np.ndarray, tuple, tuple]:
     layer = cloudvolume.CloudVolume(url, progress=False)
     data = np.asarray(layer[:, :, :]).transpose(3, 2, 1, 0)
@@ -74,15 +109,18 @@ def _read_ome(path: str) -> tuple[np.ndarray, tuple, tuple]:
     return np.asarray(node.data[0]), offset, resolution
 
 
-@pytest.mark.parametrize("backend", ["precomputed", "ome"])
+BACKENDS = {"precomputed": (_precomputed, _read_precomputed, "precomputed://file://{}/pred"),
+            "ome": (_ome, _read_ome, "{}/pred.ome.zarr"),
+            "n5": (_n5, _read_n5, "{}/pred.n5/prediction")}
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
 def test_outputs_land_where_their_inputs_were(tmp_path, small_blocks, backend) -> None:
     net = _net()
     volume = (random_volume((26, 33, 30), seed=2) * 255).astype(np.uint8)
-    make, read = (_precomputed, _read_precomputed) if backend == "precomputed" else (
-        _ome, _read_ome)
+    make, read, output = BACKENDS[backend]
     src = make(tmp_path, volume)
-    dst = (f"precomputed://file://{tmp_path}/pred" if backend == "precomputed"
-           else str(tmp_path / "pred.ome.zarr"))
+    dst = output.format(tmp_path)
     plan = znni.make_plan(net, (2, 4, 6), 2, "fft-pruned")
 
     class Stop(Exception):
@@ -123,13 +161,15 @@ def test_bbox_takes_world_coordinates(tmp_path) -> None:
     ("missing_mip", "MIP 2 not found"),
     ("remote", "remote precomputed layers"),
     ("ome_level", "no level 3"),
+    ("n5_dataset", "not found"),
 ])
 def test_bad_layers_say_what_is_wrong_and_write_nothing(tmp_path, case, words) -> None:
     volume = (random_volume((26, 33, 30), seed=2) * 255).astype(np.uint8)
     src = {"missing_layer": lambda: f"precomputed://file://{tmp_path}",  # a folder, no info
            "missing_mip": lambda: _precomputed(tmp_path, volume) + "#mip=2",
            "remote": lambda: "precomputed://gs://bucket/em",
-           "ome_level": lambda: _ome(tmp_path, volume) + "#mip=3"}[case]()
+           "ome_level": lambda: _ome(tmp_path, volume) + "#mip=3",
+           "n5_dataset": lambda: _n5(tmp_path, volume).replace("raw", "labels")}[case]()
     with pytest.raises(ZnniError, match=words):
         infer_volume(_net(), src, str(tmp_path / "out.zarr"))
     assert not (tmp_path / "out.zarr").exists()

@@ -11,6 +11,9 @@ the centre of output voxel 0's field of view. Specs:
 - ``/path/to/image.ome.zarr`` (``#mip=N``: that multiscale level): axes ``[c,] z, y, x``, the
   scale and translation of the level's coordinate transformations (translation / scale must be
   whole voxels).
+- ``/path/to/container.n5/dataset`` (through tensorstore: zarr-python 3 has no N5 support):
+  dimensions ``x, y, z[, c]`` as N5 orders them, the grid in the ``resolution`` and ``offset``
+  (world units) attributes as funlib/daisy write them.
 
 Remote layers (``gs://``, ``s3://``) are refused for now: the done records, the output's lock and
 the input's content identity need a local path.
@@ -19,8 +22,10 @@ the input's content identity need a local path.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,38 +81,43 @@ def _require(module: str, extra: str) -> Any:
                         f'install it: pip install "znni[{extra}]"') from None
 
 
-class _Precomputed:
-    """A CloudVolume scale as a ``(C, Z, Y, X)`` array indexed from 0."""
+class _Reversed:
+    """A store indexed ``(x, y, z, c)`` from ``origin`` (CloudVolume; N5 through tensorstore)
+    as a ``(C, Z, Y, X)`` array indexed from 0; ``read(box)``/``write(box, data)`` take the
+    store's own (x, y, z) slices."""
 
-    def __init__(self, volume: Any) -> None:
-        self.volume = volume
-        x, y, z, c = (int(n) for n in volume.shape)
+    def __init__(self, shape_xyzc: tuple[int, ...], dtype: Any, origin: Vec3, grid: Grid,
+                 read: Callable[[tuple[slice, ...]], Any],
+                 write: Callable[[tuple[slice, ...], np.ndarray], None]) -> None:
+        x, y, z, c = (int(n) for n in shape_xyzc)
         self.shape = (c, z, y, x)
-        self.dtype = np.dtype(volume.dtype)
-        ox, oy, oz = (int(n) for n in volume.voxel_offset)
-        self.origin = (oz, oy, ox)
+        self.dtype = np.dtype(dtype)
+        self.origin, self.grid = origin, grid
+        self._read, self._write = read, write
 
-    def _box(self, key: tuple[slice, ...]) -> tuple[slice, slice, slice]:
-        """CloudVolume's (x, y, z) slices of our (c, z, y, x) ``key``."""
+    def _box(self, key: tuple[slice, ...]) -> tuple[slice, ...]:
+        """The store's (x, y, z) slices of our (c, z, y, x) ``key``."""
         spatial = [key[1 + a].indices(self.shape[1 + a])[:2] for a in range(3)]
-        return tuple(slice(self.origin[a] + lo, self.origin[a] + hi)  # type: ignore[return-value]
+        return tuple(slice(self.origin[a] + lo, self.origin[a] + hi)
                      for a, (lo, hi) in reversed(list(enumerate(spatial))))
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        cut = np.asarray(self.volume[self._box(key)])  # (x, y, z, c)
+        cut = np.asarray(self._read(self._box(key)))  # (x, y, z, c)
         out: np.ndarray = cut.transpose(3, 2, 1, 0)[key[0]]
         return out
 
     def __setitem__(self, key: tuple[slice, ...], data: np.ndarray) -> None:
-        self.volume[self._box(key)] = np.ascontiguousarray(data.transpose(3, 2, 1, 0))
-
-    @property
-    def grid(self) -> Grid:
-        rx, ry, rz = (float(r) for r in self.volume.resolution)
-        return Grid((rz, ry, rx), self.origin)
+        self._write(self._box(key), np.ascontiguousarray(data.transpose(3, 2, 1, 0)))
 
 
-def open_precomputed(spec: str, writable: bool = False) -> _Precomputed:
+def _precomputed(volume: Any) -> _Reversed:
+    ox, oy, oz = (int(n) for n in volume.voxel_offset)
+    rx, ry, rz = (float(r) for r in volume.resolution)
+    return _Reversed(tuple(volume.shape), volume.dtype, (oz, oy, ox),
+                     Grid((rz, ry, rx), (oz, oy, ox)), volume.__getitem__, volume.__setitem__)
+
+
+def open_precomputed(spec: str, writable: bool = False) -> _Reversed:
     cloudvolume = _require("cloudvolume", "io")
     base, mip = split_mip(spec)
     local_path(spec)  # refuses remote layers
@@ -117,11 +127,11 @@ def open_precomputed(spec: str, writable: bool = False) -> _Precomputed:
     except Exception as exc:  # noqa: BLE001 - CloudVolume's own errors: name the layer
         raise ZnniError(f"cannot open precomputed layer {spec!r}: {_first_line(exc)}",
                         "check the path and the mip (its info file lists the scales)") from None
-    return _Precomputed(volume)
+    return _precomputed(volume)
 
 
 def create_precomputed(spec: str, shape: tuple[int, int, int, int], dtype: str,
-                       chunks: tuple[int, int, int, int], grid: Grid) -> _Precomputed:
+                       chunks: tuple[int, int, int, int], grid: Grid) -> _Reversed:
     """A new layer of one scale (raw encoding), chunked like the job's blocks."""
     cloudvolume = _require("cloudvolume", "io")
     base, mip = split_mip(spec)
@@ -135,7 +145,88 @@ def create_precomputed(spec: str, shape: tuple[int, int, int, int], dtype: str,
         volume_size=[x, y, z])
     volume = cloudvolume.CloudVolume(base, info=info, progress=False, non_aligned_writes=True)
     volume.commit_info()
-    return _Precomputed(volume)
+    return _precomputed(volume)
+
+
+def is_n5(spec: str) -> bool:
+    """Whether ``spec`` names an N5 dataset: ``container.n5`` or ``container.n5/dataset``."""
+    return re.search(r"\.n5(/|$)", split_mip(spec)[0].lower()) is not None
+
+
+def n5_container(spec: str) -> Path:
+    """The ``*.n5`` directory holding the dataset ``spec``."""
+    path = local_path(spec)
+    return next(p for p in (path, *path.parents) if p.suffix.lower() == ".n5")
+
+
+def _n5_store(path: Path, writable: bool, metadata: dict[str, Any] | None = None) -> Any:
+    tensorstore = _require("tensorstore", "io")
+    spec: dict[str, Any] = {"driver": "n5", "kvstore": {"driver": "file", "path": str(path)}}
+    if metadata is not None:
+        spec |= {"metadata": metadata, "create": True}
+    return tensorstore.open(spec, read=True, write=writable).result()
+
+
+def _n5_adapter(store: Any, path: Path) -> _Reversed:
+    """An N5 dataset (dimensions ``x, y, z[, c]`` as N5 orders them) with its grid from the
+    ``resolution`` and ``offset`` attributes (x, y, z; the offset in world units), as
+    funlib/daisy write them."""
+    attrs = json.loads((path / "attributes.json").read_text())
+    rx, ry, rz = (float(r) for r in attrs.get("resolution", (1, 1, 1))[:3])
+    world = [float(o) for o in attrs.get("offset", (0, 0, 0))]
+    voxels = [world[0] / rx, world[1] / ry, world[2] / rz]
+    if any(abs(v - round(v)) > 1e-6 for v in voxels):
+        raise ShapeError(f"N5 dataset {str(path)!r} has offset {world}, not whole voxels of "
+                         f"{[rx, ry, rz]}", "znni keeps outputs on the input's voxel grid")
+    grid = Grid((rz, ry, rx), (round(voxels[2]), round(voxels[1]), round(voxels[0])))
+    channels = len(store.shape) == 4
+    if len(store.shape) not in (3, 4):
+        raise ShapeError(f"N5 dataset {str(path)!r} has {len(store.shape)} dimensions",
+                         "give x, y, z or x, y, z, c datasets")
+
+    def read(box: tuple[slice, ...]) -> np.ndarray:
+        data: np.ndarray = store[box].read().result()
+        return data if channels else data[..., None]
+
+    def write(box: tuple[slice, ...], data: np.ndarray) -> None:
+        store[box].write(data).result()
+
+    shape = tuple(store.shape) if channels else (*store.shape, 1)
+    return _Reversed(shape, store.dtype.numpy_dtype, (0, 0, 0), grid, read, write)
+
+
+def open_n5(spec: str, writable: bool = False) -> _Reversed:
+    path = local_path(spec)
+    try:
+        store = _n5_store(path, writable)
+    except Exception as exc:  # noqa: BLE001 - tensorstore's errors: name the dataset
+        raise ZnniError(f"cannot open N5 dataset {spec!r}: {_first_line(exc)}",
+                        "give a container.n5/dataset path with an attributes.json") from None
+    return _n5_adapter(store, path)
+
+
+def create_n5(spec: str, shape: tuple[int, int, int, int], dtype: str,
+              chunks: tuple[int, int, int, int], grid: Grid) -> _Reversed:
+    """A new N5 dataset ``x, y, z, c`` (gzip), chunked like the job's blocks, its grid in the
+    ``resolution``/``offset``/``units`` attributes."""
+    path = local_path(spec)
+    c, z, y, x = shape
+    metadata = {"dimensions": [x, y, z, c], "dataType": dtype,
+                "blockSize": [min(chunks[3], x), min(chunks[2], y), min(chunks[1], z), c],
+                "compression": {"type": "gzip", "level": 1}}
+    store = _n5_store(path, True, metadata)
+    root = n5_container(spec) / "attributes.json"
+    if not root.exists():  # a new container: say which N5 version it is
+        root.write_text(json.dumps({"n5": "2.5.1"}))
+    attrs = json.loads((path / "attributes.json").read_text())
+    resolution = list(reversed(grid.resolution))
+    # tensorstore reads resolution and units as one entry per dimension (the channel's: 1, "")
+    attrs |= {"resolution": [*resolution, 1.0], "units": ["nm", "nm", "nm", ""],
+              "offset": [o * r for o, r in zip(reversed(grid.offset), resolution, strict=True)]}
+    tmp = path / ".attributes.json.znni"
+    tmp.write_text(json.dumps(attrs))
+    tmp.replace(path / "attributes.json")
+    return _n5_adapter(store, path)
 
 
 def open_ome(spec: str, writable: bool = False) -> tuple[Any, Grid]:

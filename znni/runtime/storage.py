@@ -3,9 +3,10 @@
 Paths pick the format: ``*.npy`` (memory-mapped), ``*.zarr`` (zarr v3 directory; the default
 for outputs: chunked, compressed), ``*.h5``/``*.hdf5`` with ``:/dataset`` (HDF5), ``*.tif``/
 ``*.tiff`` (TIFF stacks, input only; read lazily through tifffile's zarr view), and with world
-coordinates (:mod:`.backends`) ``*.ome.zarr`` (OME-Zarr) and ``precomputed://file:///…``
-(Neuroglancer precomputed, through CloudVolume). zarr, h5py, tifffile and cloud-volume are
-optional (``pip install "znni[io]"``); a missing one is named in the error.
+coordinates (:mod:`.backends`) ``*.ome.zarr`` (OME-Zarr), ``container.n5/dataset`` (N5,
+through tensorstore) and ``precomputed://file:///…`` (Neuroglancer precomputed, through
+CloudVolume). zarr, h5py, tifffile, tensorstore and cloud-volume are optional
+(``pip install "znni[io]"``); a missing one is named in the error.
 
 Inputs are ``(Z, Y, X)`` or ``(C, Z, Y, X)`` of uint8, uint16 or float32 and are presented as
 4-D. Outputs are ``(C, Z, Y, X)`` float32 or uint8 (values in [0, 1] scaled to 0..255), chunked
@@ -28,9 +29,13 @@ from .backends import (
     PRECOMPUTED,
     UNIT_GRID,
     Grid,
+    create_n5,
     create_ome,
     create_precomputed,
+    is_n5,
     local_path,
+    n5_container,
+    open_n5,
     open_ome,
     open_precomputed,
     split_mip,
@@ -60,14 +65,16 @@ def _kind(spec: str) -> str:
         return "precomputed"
     if split_mip(spec)[0].lower().rstrip("/").endswith(".ome.zarr"):
         return "ome"
+    if is_n5(spec):
+        return "n5"
     path = spec.partition(":")[0] if ".h5:" in spec or ".hdf5:" in spec else spec
     suffix = Path(path).suffix.lower()
     kinds = {".npy": "npy", ".zarr": "zarr", ".h5": "h5", ".hdf5": "h5", ".tif": "tiff",
              ".tiff": "tiff"}
     if suffix not in kinds:
         raise ZnniError(f"cannot tell the format of {spec!r}",
-                        "use .npy, .zarr, .ome.zarr, FILE.h5:/dataset, .tif/.tiff or "
-                        "precomputed://file:///…")
+                        "use .npy, .zarr, .ome.zarr, FILE.n5/dataset, FILE.h5:/dataset, "
+                        ".tif/.tiff or precomputed://file:///…")
     return kinds[suffix]
 
 
@@ -75,15 +82,16 @@ def volume_path(spec: str) -> Path:
     """The file (npy, TIFF, HDF5: the whole file, whatever the dataset) or directory (zarr,
     OME-Zarr, a precomputed layer) holding the volume ``spec``."""
     kind = _kind(spec)
-    if kind in ("precomputed", "ome"):
+    if kind in ("precomputed", "ome", "n5"):
         return local_path(spec)
     return _split_h5(spec)[0] if kind == "h5" else Path(spec)
 
 
 def ledger_folder(spec: str) -> Path:
-    """Where the done records of an output live: beside it (per dataset for HDF5)."""
-    if _kind(spec) == "h5":
-        path, dataset = _split_h5(spec)
+    """Where the done records of an output live: beside it (per dataset for HDF5 and N5, beside
+    the file or container)."""
+    if _kind(spec) in ("h5", "n5"):
+        path, dataset = _file_and_dataset(spec)
         return path.with_name(f"{path.name}.{dataset.strip('/').replace('/', '.')}.znni-done")
     path = volume_path(spec)
     return path.with_name(f"{path.name}.znni-done")
@@ -91,9 +99,18 @@ def ledger_folder(spec: str) -> Path:
 
 def lock_path(spec: str) -> Path:
     """The lock file of an output: beside it, per file (two HDF5 datasets of one file cannot
-    be written at once either), and outside the ledger folder, which is cleared and rebuilt."""
-    path = volume_path(spec)
+    be written at once either; N5: per container, which may not exist yet), and outside the
+    ledger folder, which is cleared and rebuilt."""
+    path = _file_and_dataset(spec)[0] if _kind(spec) == "n5" else volume_path(spec)
     return path.with_name(f"{path.name}.znni-lock")
+
+
+def _file_and_dataset(spec: str) -> tuple[Path, str]:
+    """An HDF5 file or N5 container, and the dataset's path in it."""
+    if _kind(spec) == "h5":
+        return _split_h5(spec)
+    container = n5_container(spec)
+    return container, str(local_path(spec).relative_to(container)) or "root"
 
 
 @dataclass
@@ -135,6 +152,9 @@ def open_input(spec: str) -> InputVolume:
             grid = array.grid
         elif kind == "ome":
             array, grid = open_ome(spec)
+        elif kind == "n5":
+            array = open_n5(spec)
+            grid = array.grid
         elif kind == "npy":
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         elif kind == "zarr":
@@ -216,7 +236,7 @@ def check_output_spec(spec: str, dtype: str) -> None:
                         f"use one of {', '.join(OUTPUT_DTYPES)}")
     if _kind(spec) == "tiff":
         raise ZnniError("TIFF is an input format only", "write the output as .zarr")
-    parent = volume_path(spec).parent
+    parent = (n5_container(spec) if _kind(spec) == "n5" else volume_path(spec)).parent
     if not parent.is_dir():
         raise ZnniError(f"output directory {str(parent)!r} does not exist", "create it first")
 
@@ -242,6 +262,9 @@ def open_output(spec: str, shape: tuple[int, int, int, int], dtype: str,
                             spec, created=True)
     if kind == "ome":
         return OutputVolume(create_ome(spec, shape, dtype, chunks, grid or UNIT_GRID), spec,
+                            created=True)
+    if kind == "n5":
+        return OutputVolume(create_n5(spec, shape, dtype, chunks, grid or UNIT_GRID), spec,
                             created=True)
     if kind == "npy":
         array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
@@ -283,6 +306,8 @@ def _open_existing(spec: str, kind: str, path: Path) -> OutputVolume | None:
             return OutputVolume(open_precomputed(spec, writable=True), spec)
         if kind == "ome":
             return OutputVolume(open_ome(spec, writable=True)[0], spec)
+        if kind == "n5":
+            return OutputVolume(open_n5(spec, writable=True), spec)
         if kind == "npy":
             return OutputVolume(np.load(path, mmap_mode="r+", allow_pickle=False), spec)
         if kind == "zarr":
