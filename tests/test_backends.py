@@ -219,3 +219,38 @@ def test_cli_view_of_a_missing_volume_says_so(tmp_path) -> None:
 
     result = CliRunner().invoke(main, ["view", str(tmp_path / "nothing.ome.zarr")])
     assert result.exit_code == 2 and "not found" in result.output, result.output
+
+
+def _ome_v04(folder, volume: np.ndarray, name: str, resolution, offset) -> str:
+    """An OME-Zarr 0.4 image (zarr v2, multiscales at the top of the attributes)."""
+    path = str(folder / f"{name}.ome.zarr")
+    group = zarr.open_group(path, mode="w", zarr_format=2)
+    group.create_array("s0", shape=volume.shape, chunks=(8, 16, 16), dtype=volume.dtype)[...] = (
+        volume)
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"],
+        "datasets": [{"path": "s0", "coordinateTransformations": [
+            {"type": "scale", "scale": list(resolution)},
+            {"type": "translation", "translation": [o * r for o, r in zip(offset, resolution,
+                                                                           strict=True)]}]}]}]
+    return path
+
+
+def test_ome_zarr_04_inputs_and_masks_on_their_own_grid(tmp_path, small_blocks) -> None:
+    """An OME-Zarr 0.4 input reads like a 0.5 one; a mask at a coarser resolution must say so
+    in its metadata and start where the input does."""
+    net = _net()
+    volume = (random_volume((26, 33, 30), seed=2) * 255).astype(np.uint8)
+    even = (4, 20, 10)  # an offset a 2x coarser mask can start at
+    src = _ome_v04(tmp_path, volume, "em", RESOLUTION, even)
+    coarse = np.ones((13, 17, 15), np.uint8)  # every axis 2x coarser
+    good = _ome_v04(tmp_path, coarse, "mask", [2 * r for r in RESOLUTION],
+                    [o // 2 for o in even])
+    plan = znni.make_plan(net, (2, 4, 6), 2, "direct")
+    infer_volume(net, src, str(tmp_path / "out.npy"), plan=plan, threads=2, mask=good)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"),
+                                  znni.infer(net, volume, plan=plan, threads=2))
+    wrong = _ome_v04(tmp_path, coarse, "wrong", RESOLUTION, even)
+    with pytest.raises(ZnniError, match="resolution matching its shape"):
+        infer_volume(net, src, str(tmp_path / "out2.npy"), plan=plan, mask=wrong)
+    assert not (tmp_path / "out2.npy").exists()

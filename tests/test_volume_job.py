@@ -233,3 +233,28 @@ def test_two_workers_equal_one_process_and_survive_a_killed_worker(cluster, tmp_
     assert victim and stats.blocks_run > 3
     np.testing.assert_array_equal(_read(str(tmp_path / "two.zarr")),
                                   _read(str(tmp_path / "one.zarr")))
+
+
+def test_masks_augmentation_and_world_coordinates_on_workers(cluster, tmp_path) -> None:
+    """The same blocks on two workers: a mask, test-time augmentation and an OME-Zarr output
+    give the single process's bits."""
+    pytest.importorskip("ome_zarr")
+    net = _net()
+    np.save(tmp_path / "in.npy", random_volume((30, 36, 36), seed=4))
+    mask = np.zeros((15, 18, 18), np.uint8)
+    mask[:8] = 1
+    np.save(tmp_path / "mask.npy", mask)
+    plan = znni.Plan.from_dict(znni.make_plan(net, (2, 4, 4), 1, "direct").to_dict()
+                               | {"tta": "flips"}, net)
+    args = {"plan": plan, "threads": 1, "mask": str(tmp_path / "mask.npy"), "mask_fill": -1.0}
+    job.BLOCK_BYTES, saved = 30_000, job.BLOCK_BYTES
+    try:
+        one = infer_volume(net, str(tmp_path / "in.npy"), str(tmp_path / "one.ome.zarr"), **args)
+        two = infer_volume(net, str(tmp_path / "in.npy"), str(tmp_path / "two.ome.zarr"),
+                           client=cluster, **args)
+    finally:
+        job.BLOCK_BYTES = saved
+    assert one.blocks_masked == two.blocks_masked > 0
+    read = [zarr.open_group(str(tmp_path / f"{n}.ome.zarr"), mode="r")["0"][...]
+            for n in ("one", "two")]
+    np.testing.assert_array_equal(read[0], read[1])

@@ -118,7 +118,7 @@ def _precomputed(volume: Any) -> _Reversed:
 
 
 def open_precomputed(spec: str, writable: bool = False) -> _Reversed:
-    cloudvolume = _require("cloudvolume", "io")
+    cloudvolume = _require("cloudvolume", "layers")
     base, mip = split_mip(spec)
     local_path(spec)  # refuses remote layers
     try:
@@ -133,7 +133,7 @@ def open_precomputed(spec: str, writable: bool = False) -> _Reversed:
 def create_precomputed(spec: str, shape: tuple[int, int, int, int], dtype: str,
                        chunks: tuple[int, int, int, int], grid: Grid) -> _Reversed:
     """A new layer of one scale (raw encoding), chunked like the job's blocks."""
-    cloudvolume = _require("cloudvolume", "io")
+    cloudvolume = _require("cloudvolume", "layers")
     base, mip = split_mip(spec)
     if mip:
         raise ZnniError(f"{spec!r}: outputs are written at one scale", "drop the #mip suffix")
@@ -160,7 +160,7 @@ def n5_container(spec: str) -> Path:
 
 
 def _n5_store(path: Path, writable: bool, metadata: dict[str, Any] | None = None) -> Any:
-    tensorstore = _require("tensorstore", "io")
+    tensorstore = _require("tensorstore", "layers")
     spec: dict[str, Any] = {"driver": "n5", "kvstore": {"driver": "file", "path": str(path)}}
     if metadata is not None:
         spec |= {"metadata": metadata, "create": True}

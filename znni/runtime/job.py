@@ -317,7 +317,7 @@ def prepare_job(net: Network, src: str, dst: str, plan: Plan | None, patch: Vec3
         check_distinct(mask, volume_path(mask), dst, {"the output": volume_path(dst),
                                                       "its done records": ledger_folder(dst),
                                                       "its lock file": lock_path(dst)})
-        masking = open_mask(mask, volume.shape[1:], first, mask_fill)
+        masking = open_mask(mask, volume.shape[1:], first, mask_fill, volume.grid)
         mask_record = [mask, content_identity(volume_path(mask)), masking.factor, mask_fill]
     return VolumeJob(net, plan, src, dst, region, mode, output_dtype,
                      threads or config.default_threads(), extent,

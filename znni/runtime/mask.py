@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..spec import Vec3
+from .backends import Grid
 from .storage import InputVolume, open_input
 
 
@@ -33,9 +34,11 @@ class Mask:
         return not np.any(volume.read(tuple(lo), tuple(hi)))
 
 
-def open_mask(path: str, input_shape: Vec3, offset: Vec3, fill: float) -> Mask:
+def open_mask(path: str, input_shape: Vec3, offset: Vec3, fill: float,
+              input_grid: Grid | None = None) -> Mask:
     """The mask at ``path`` for an input volume of ``input_shape`` (Z, Y, X), checked: one
-    channel, on the input's grid or a whole-factor coarser one."""
+    channel, on the input's grid or a whole-factor coarser one — where both have world
+    coordinates, with the voxel size that factor gives and the same origin."""
     volume = open_input(path)
     if volume.shape[0] != 1:
         raise ShapeError(f"mask {path!r} has {volume.shape[0]} channels",
@@ -47,7 +50,24 @@ def open_mask(path: str, input_shape: Vec3, offset: Vec3, fill: float) -> Mask:
                          f"{list(input_shape)} nor a whole-factor downsampling of it",
                          "give a mask of ceil(input / f) voxels per axis for whole factors f "
                          "(e.g. a lower mip of the same volume)")
-    return Mask(path, (factor[0] or 1, factor[1] or 1, factor[2] or 1), offset, float(fill))
+    f = (factor[0] or 1, factor[1] or 1, factor[2] or 1)
+    if volume.grid is not None and input_grid is not None:
+        _check_grids(path, volume.grid, input_grid, f)
+    return Mask(path, f, offset, float(fill))
+
+
+def _check_grids(path: str, mask: Grid, image: Grid, factor: Vec3) -> None:
+    """Refuse a mask whose voxels are not ``factor`` input voxels, or that starts elsewhere."""
+    expected = [image.resolution[a] * factor[a] for a in range(3)]
+    if any(abs(mask.resolution[a] - expected[a]) > 1e-6 * expected[a] for a in range(3)):
+        raise ShapeError(f"mask {path!r} has voxels of {list(mask.resolution)} nm; its shape "
+                         f"makes them {factor} input voxels, i.e. {expected} nm",
+                         "give the mask at a resolution matching its shape (the right mip)")
+    origins = [(mask.offset[a] * mask.resolution[a], image.offset[a] * image.resolution[a])
+               for a in range(3)]
+    if any(abs(m - i) > 1e-6 * max(abs(i), 1.0) for m, i in origins):
+        raise ShapeError(f"mask {path!r} starts at {[m for m, _ in origins]} nm, the input at "
+                         f"{[i for _, i in origins]} nm", "give a mask aligned with the input")
 
 
 def _factor(extent: int, mask: int) -> int | None:

@@ -5,8 +5,8 @@ for outputs: chunked, compressed), ``*.h5``/``*.hdf5`` with ``:/dataset`` (HDF5)
 ``*.tiff`` (TIFF stacks, input only; read lazily through tifffile's zarr view), and with world
 coordinates (:mod:`.backends`) ``*.ome.zarr`` (OME-Zarr), ``container.n5/dataset`` (N5,
 through tensorstore) and ``precomputed://file:///…`` (Neuroglancer precomputed, through
-CloudVolume). zarr, h5py, tifffile, tensorstore and cloud-volume are optional
-(``pip install "znni[io]"``); a missing one is named in the error.
+CloudVolume). zarr, h5py and tifffile are optional (``pip install "znni[io]"``), and so are
+cloud-volume and tensorstore (``"znni[layers]"``); a missing one is named in the error.
 
 Inputs are ``(Z, Y, X)`` or ``(C, Z, Y, X)`` of uint8, uint16 or float32 and are presented as
 4-D. Outputs are ``(C, Z, Y, X)`` float32 or uint8 (values in [0, 1] scaled to 0..255), chunked
