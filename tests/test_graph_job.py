@@ -90,3 +90,20 @@ def test_blocks_of_windows_that_cannot_fit_say_so(tmp_path, small_room) -> None:
         infer_graph_volume(graph, str(tmp_path / "in.npy"), str(tmp_path / "out.npy"),
                            (7, 8, 8), 0.25, "gaussian", 2, small_room)
     assert not (tmp_path / "out.npy").exists()
+
+
+def test_dag_specs_refuse_masks_and_augmentation_clearly(tmp_path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from znni.cli import main
+
+    (tmp_path / "net.json").write_text(json.dumps(residual_spec()))
+    np.save(tmp_path / "in.npy", np.zeros((2, 8, 8, 8), np.float32))
+    for extra in (["--mask", str(tmp_path / "in.npy")], ["--tta", "flips"]):
+        result = CliRunner().invoke(main, [
+            "infer", str(tmp_path / "net.json"), "--random-weights", "0", "--input",
+            str(tmp_path / "in.npy"), "--output", str(tmp_path / "out.npy"), *extra])
+        assert result.exit_code == 2 and "for chain networks" in result.output, result.output
+        assert not (tmp_path / "out.npy").exists()

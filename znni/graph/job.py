@@ -41,7 +41,7 @@ from ..planner.search import default_budget
 from ..primitives.base import FLOAT_BYTES
 from ..runtime.allocator import fixed_mmap_threshold
 from ..runtime.backends import UNIT_GRID
-from ..runtime.identity import check_distinct, content_identity
+from ..runtime.identity import check_distinct
 from ..runtime.infer import PROCESS_BYTES
 from ..runtime.job import VolumeStats, initialised, report_cleared
 from ..runtime.ledger import Ledger
@@ -50,6 +50,7 @@ from ..runtime.storage import (
     InputVolume,
     OutputVolume,
     check_output_spec,
+    input_identity,
     ledger_folder,
     lock_path,
     open_input,
@@ -122,7 +123,7 @@ def infer_graph_volume(graph: Graph, src: str, dst: str, patch: Vec3 | None,
     n_threads = threads or config.default_threads()
     job = (_blended(graph, volume, patch, overlap, blend, n_threads, budget) if padded(graph)
            else _tiled(graph, volume, patch, n_threads, budget))
-    identity = content_identity(volume_path(src))
+    identity = input_identity(src)
     ledger = Ledger(ledger_folder(dst), {"digest": _digest(graph, volume, job),
                                          "input": identity})
     held: list[OutputVolume] = []

@@ -15,12 +15,14 @@ the centre of output voxel 0's field of view. Specs:
   dimensions ``x, y, z[, c]`` as N5 orders them, the grid in the ``resolution`` and ``offset``
   (world units) attributes as funlib/daisy write them.
 
-Remote layers (``gs://``, ``s3://``) are refused for now: the done records, the output's lock and
-the input's content identity need a local path.
+Remote layers (``gs://``, ``s3://``, wherever CloudVolume has credentials) are read and written
+the same way; their lock and done records live in a stand-in folder of this machine's cache
+(:func:`local_path`), and their content identity is their info file's (:func:`remote_identity`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import re
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import config
 from ..errors import ShapeError, ZnniError
 from ..spec import Vec3
 
@@ -61,16 +64,47 @@ def split_mip(spec: str) -> tuple[str, int]:
     return (spec[:match.start()], int(match.group(1))) if match else (spec, 0)
 
 
-def local_path(spec: str) -> Path:
-    """The directory of a precomputed layer (``file://`` only) or an OME-Zarr image."""
+def is_remote(spec: str) -> bool:
+    """Whether ``spec`` is a precomputed layer in an object store (``gs://``, ``s3://``, …)."""
     base = split_mip(spec)[0]
-    if base.startswith(PRECOMPUTED):
-        url = base[len(PRECOMPUTED):]
-        if not url.startswith("file://"):
-            raise ZnniError(f"{spec!r}: remote precomputed layers are not supported yet",
-                            "copy the layer to a local disk and use precomputed://file:///…")
+    return base.startswith(PRECOMPUTED) and not base[len(PRECOMPUTED):].startswith("file://")
+
+
+def local_path(spec: str) -> Path:
+    """The directory of a local precomputed layer, an OME-Zarr image or an N5 dataset; for a
+    remote layer, its stand-in on this machine: a folder of the cache named by the URL's
+    digest, where the output's lock and done records live (made on first use)."""
+    base = split_mip(spec)[0]
+    if not base.startswith(PRECOMPUTED):
+        return Path(base)
+    url = base[len(PRECOMPUTED):]
+    if url.startswith("file://"):
         return Path(url[len("file://"):])
-    return Path(base)
+    home = config.cache_dir() / "remote" / hashlib.sha256(url.encode()).hexdigest()[:24]
+    (home / "layer").mkdir(parents=True, exist_ok=True)
+    return home / "layer"
+
+
+def remote_identity(spec: str) -> str:
+    """What stands for a remote layer's content: a digest of its URL and info file (chunks
+    are not listed: that would read the whole layer's metadata)."""
+    cloudfiles = _require("cloudfiles", "layers")
+    base = split_mip(spec)[0][len(PRECOMPUTED):]
+    info = cloudfiles.CloudFiles(base).get("info") or b""
+    return hashlib.sha256(base.encode() + b"\0" + info).hexdigest()
+
+
+def precomputed_exists(spec: str) -> bool:
+    """Whether the layer has an info file (local or remote)."""
+    cloudfiles = _require("cloudfiles", "layers")
+    return bool(cloudfiles.CloudFiles(split_mip(spec)[0][len(PRECOMPUTED):]).exists("info"))
+
+
+def remove_layer(spec: str) -> None:
+    """Delete every file of a layer this run created (local or remote)."""
+    cloudfiles = _require("cloudfiles", "layers")
+    files = cloudfiles.CloudFiles(split_mip(spec)[0][len(PRECOMPUTED):])
+    files.delete(list(files.list()))
 
 
 def _require(module: str, extra: str) -> Any:
@@ -120,7 +154,6 @@ def _precomputed(volume: Any) -> _Reversed:
 def open_precomputed(spec: str, writable: bool = False) -> _Reversed:
     cloudvolume = _require("cloudvolume", "layers")
     base, mip = split_mip(spec)
-    local_path(spec)  # refuses remote layers
     try:
         volume = cloudvolume.CloudVolume(base, mip=mip, progress=False, fill_missing=False,
                                          bounded=True, non_aligned_writes=writable)

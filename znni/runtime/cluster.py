@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import ZnniError
 from ..limits import MAX_THREADS
 from ..spec import Vec3
+from .backends import is_remote
 from .block_task import VolumeJob, run_block
 
 #: Retries of a block whose worker died or failed.
@@ -59,6 +60,10 @@ def check_output(dst: str) -> None:
     if dst.partition(":")[0].lower().endswith((".h5", ".hdf5")):
         raise ZnniError("an HDF5 output cannot be written by several workers at once",
                         "write a .zarr (or .npy) output on a cluster")
+    if is_remote(dst):
+        raise ZnniError("a remote layer's done records live on this machine, where workers "
+                        "elsewhere cannot record their blocks",
+                        "write a layer on a filesystem the workers share, or run here alone")
 
 
 def run_on_cluster(client: Any, job: VolumeJob, todo: Sequence[Vec3],

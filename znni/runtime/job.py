@@ -40,7 +40,7 @@ from .backends import UNIT_GRID, Grid
 from .block_task import Region, Source, VolumeJob, open_job, release, run_block
 from .cluster import check_output, run_on_cluster
 from .executor import check_plan
-from .identity import check_distinct, content_identity
+from .identity import check_distinct
 from .infer import check_plan_tta, plan_for_volume
 from .ledger import Ledger
 from .lock import output_lock
@@ -48,6 +48,7 @@ from .mask import open_mask
 from .storage import (
     OutputVolume,
     check_output_spec,
+    input_identity,
     ledger_folder,
     lock_path,
     open_input,
@@ -307,7 +308,7 @@ def prepare_job(net: Network, src: str, dst: str, plan: Plan | None, patch: Vec3
     check_plan_tta(plan, tta)
     if saved:  # a saved plan: sized for this volume and --memory (planner/search.py)
         check_saved_plan(plan, net, extent, memory)
-    identity = content_identity(volume_path(src))
+    identity = input_identity(src)
     # output voxel 0's field of view is centred on this input voxel ("same": its own): where
     # the output lies in the input's world, and what the mask says of it
     centre = [0, 0, 0] if mode == "same" else [(f - 1) // 2 for f in fov]
@@ -318,7 +319,7 @@ def prepare_job(net: Network, src: str, dst: str, plan: Plan | None, patch: Vec3
                                                       "its done records": ledger_folder(dst),
                                                       "its lock file": lock_path(dst)})
         masking = open_mask(mask, volume.shape[1:], first, mask_fill, volume.grid)
-        mask_record = [mask, content_identity(volume_path(mask)), masking.factor, mask_fill]
+        mask_record = [mask, input_identity(mask), masking.factor, mask_fill]
     return VolumeJob(net, plan, src, dst, region, mode, output_dtype,
                      threads or config.default_threads(), extent,
                      block_size(net, plan, extent),

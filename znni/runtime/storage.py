@@ -33,13 +33,18 @@ from .backends import (
     create_ome,
     create_precomputed,
     is_n5,
+    is_remote,
     local_path,
     n5_container,
     open_n5,
     open_ome,
     open_precomputed,
+    precomputed_exists,
+    remote_identity,
+    remove_layer,
     split_mip,
 )
+from .identity import content_identity
 
 INPUT_DTYPES = (np.uint8, np.uint16, np.float32)
 OUTPUT_DTYPES = ("float32", "uint8")
@@ -284,10 +289,22 @@ def open_output(spec: str, shape: tuple[int, int, int, int], dtype: str,
     return OutputVolume(array, spec, handle, created=True)
 
 
+def input_identity(spec: str) -> str:
+    """What stands for the content of the volume ``spec`` in a job's identity
+    (:func:`~znni.runtime.identity.content_identity` of its files; a remote layer's info)."""
+    if is_remote(spec):
+        return remote_identity(spec)
+    return content_identity(volume_path(spec))
+
+
 def remove_output(spec: str, whole_file: bool) -> None:
     """Delete an output this run created and no block has filled: its file or zarr directory
-    (``whole_file``; through a symbolic link that was there, the file it made), or only its
-    dataset in an HDF5 file that was there before the run."""
+    (``whole_file``; through a symbolic link that was there, the file it made), its layer's
+    files (precomputed, remote too), or only its dataset in an HDF5 file that was there before
+    the run."""
+    if _kind(spec) == "precomputed":
+        remove_layer(spec)
+        return
     path = volume_path(spec).resolve()
     if _kind(spec) == "h5" and not whole_file:
         with _require("h5py").File(path, "a") as handle:
@@ -299,7 +316,7 @@ def remove_output(spec: str, whole_file: bool) -> None:
 
 
 def _open_existing(spec: str, kind: str, path: Path) -> OutputVolume | None:
-    if not path.exists():
+    if not (precomputed_exists(spec) if kind == "precomputed" else path.exists()):
         return None
     try:
         if kind == "precomputed":
