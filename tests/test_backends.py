@@ -119,21 +119,28 @@ def test_outputs_land_where_their_inputs_were(tmp_path, small_blocks, backend) -
     net = _net()
     volume = (random_volume((26, 33, 30), seed=2) * 255).astype(np.uint8)
     make, read, output = BACKENDS[backend]
-    src = make(tmp_path, volume)
-    dst = output.format(tmp_path)
+    _killed_resumed_and_in_place(net, volume, make(tmp_path, volume), output.format(tmp_path),
+                                 read, killed_after=2)
+
+
+def _killed_resumed_and_in_place(net: znni.Network, volume: np.ndarray, src: str, dst: str,
+                                 read, killed_after: int) -> None:
+    """Run ``src`` → ``dst``, stopped after ``killed_after`` blocks, then resumed: the resumed
+    run skips them, ``read(dst)`` gives znni.infer's bits, at the input's resolution and at the
+    input voxel in the centre of the first output voxel's field of view."""
     plan = znni.make_plan(net, (2, 4, 6), 2, "fft-pruned")
 
     class Stop(Exception):
         pass
 
-    def kill_after_two(done, total, stats):
-        if stats.blocks_run == 2:
+    def kill(done, total, stats):
+        if stats.blocks_run == killed_after:
             raise Stop
 
     with pytest.raises(Stop):
-        infer_volume(net, src, dst, plan=plan, threads=2, progress=kill_after_two)
+        infer_volume(net, src, dst, plan=plan, threads=2, progress=kill)
     stats = infer_volume(net, src, dst, plan=plan, threads=2)
-    assert stats.blocks_skipped == 2 and stats.blocks_run > 0
+    assert stats.blocks_skipped == killed_after and stats.blocks_run > 0
     data, offset, resolution = read(dst)
     np.testing.assert_array_equal(data, znni.infer(net, volume, plan=plan, threads=2))
     centre = [(f - 1) // 2 for f in net.fov]
@@ -263,28 +270,12 @@ def test_remote_layers_in_and_out_with_local_records(tmp_path, small_blocks, mon
     volume = (random_volume((26, 33, 30), seed=2) * 255).astype(np.uint8)
     src = _precomputed(tmp_path, volume, "precomputed://mem://znni-test/em")
     dst = "precomputed://mem://znni-test/pred"
-    plan = znni.make_plan(net, (2, 4, 6), 2, "fft-pruned")
-
-    class Stop(Exception):
-        pass
-
-    def kill_after_one(done, total, stats):
-        if stats.blocks_run == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        infer_volume(net, src, dst, plan=plan, threads=2, progress=kill_after_one)
-    stats = infer_volume(net, src, dst, plan=plan, threads=2)
-    assert stats.blocks_skipped == 1 and stats.blocks_run > 0
-    data, offset, resolution = _read_precomputed(dst)
-    np.testing.assert_array_equal(data, znni.infer(net, volume, plan=plan, threads=2))
-    centre = [(f - 1) // 2 for f in net.fov]
-    assert offset == tuple(OFFSET[a] + centre[a] for a in range(3))
-    assert resolution == RESOLUTION
+    _killed_resumed_and_in_place(net, volume, src, dst, _read_precomputed, killed_after=1)
     assert list((tmp_path / "cache" / "remote").glob("*/layer.znni-done"))
     layer = cloudvolume.CloudVolume(src, progress=False)
     layer.info["note"] = "re-aligned"  # the input changed: nothing is reused
     layer.commit_info()
+    plan = znni.make_plan(net, (2, 4, 6), 2, "fft-pruned")
     assert infer_volume(net, src, dst, plan=plan, threads=2).blocks_skipped == 0
     with pytest.raises(ZnniError, match="done records live on this machine"):
         infer_volume(net, src, dst, plan=plan, client=object())
