@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from znni.errors import PlanError, ShapeError
+from znni.errors import PlanError, ShapeError, ZnniError
 from znni.graph import load_graph, shape_report
 from znni.graph.infer import infer_graph
 from znni.graph.job import infer_graph_volume
@@ -101,6 +101,12 @@ def test_dag_specs_refuse_masks_and_augmentation_clearly(tmp_path) -> None:
 
     (tmp_path / "net.json").write_text(json.dumps(residual_spec()))
     np.save(tmp_path / "in.npy", np.zeros((2, 8, 8, 8), np.float32))
+    from znni.graph.job import infer_graph_volume
+
+    with pytest.raises(ZnniError, match="do not align with a precomputed layer"):
+        infer_graph_volume(load_graph(residual_spec()).random_weights(0),
+                           str(tmp_path / "in.npy"), f"precomputed://file://{tmp_path}/out",
+                           None, 0.25, "gaussian", 2)
     for extra in (["--mask", str(tmp_path / "in.npy")], ["--tta", "flips"]):
         result = CliRunner().invoke(main, [
             "infer", str(tmp_path / "net.json"), "--random-weights", "0", "--input",

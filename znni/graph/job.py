@@ -40,7 +40,7 @@ from ..errors import PlanError, ShapeError, ZnniError
 from ..planner.search import default_budget
 from ..primitives.base import FLOAT_BYTES
 from ..runtime.allocator import fixed_mmap_threshold
-from ..runtime.backends import UNIT_GRID
+from ..runtime.backends import PRECOMPUTED, UNIT_GRID
 from ..runtime.identity import check_distinct
 from ..runtime.infer import PROCESS_BYTES
 from ..runtime.job import VolumeStats, initialised, report_cleared
@@ -109,6 +109,11 @@ def infer_graph_volume(graph: Graph, src: str, dst: str, patch: Vec3 | None,
     ``patch``: each block's input (valid nets) or the window (padded nets); default: the
     planner's within ``memory``. ``progress(done, total, stats)`` after each block."""
     check_output_spec(dst, "float32")
+    if dst.startswith(PRECOMPUTED):
+        raise ZnniError("a DAG network's blocks do not align with a precomputed layer's chunks, "
+                        "whose files CloudVolume rewrites in place: a killed run could tear a "
+                        "finished neighbour's chunk", "write .zarr, .ome.zarr or .n5 (chunk "
+                        "files written atomically), or .npy")
     check_distinct(src, volume_path(src), dst, {"the output": volume_path(dst),
                                                 "its done records": ledger_folder(dst),
                                                 "its lock file": lock_path(dst)})
