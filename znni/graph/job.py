@@ -228,9 +228,12 @@ def _blended(graph: Graph, volume: InputVolume, patch: Vec3 | None, overlap: flo
     blocks of whole window groups as large as the rest of the budget holds."""
     extent = (volume.shape[1], volume.shape[2], volume.shape[3])
     channels = graph.input_channels + graph.output_channels + 1
-    if patch is not None:
+    if patch is not None:  # the network gets what the smallest block of windows leaves
         check_windows(graph, patch, overlap, blend)
-        plan = plan_graph(graph, _room(budget, 0), threads, block=patch)
+        smallest = _block_bytes(graph, _padded_size(extent, patch), patch, overlap, [1, 1, 1])
+        if smallest >= budget - PROCESS_BYTES:
+            raise _no_room(patch, smallest)
+        plan = plan_graph(graph, _room(budget, smallest), threads, block=patch)
     else:
         try:  # the whole volume in one block, if it fits beside the planner's window
             plan = plan_graph(graph, _room(budget, FLOAT_BYTES * channels * math.prod(extent)),
@@ -239,8 +242,7 @@ def _blended(graph: Graph, volume: InputVolume, patch: Vec3 | None, overlap: flo
             plan = plan_graph(graph, _room(budget, 0) // 2, threads, extent, overlap)
     roi = plan.block_input
     check_windows(graph, roi, overlap, blend)
-    pad = image_padding(extent, roi)
-    image = (extent[0] + sum(pad[0]), extent[1] + sum(pad[1]), extent[2] + sum(pad[2]))
+    pad, image = image_padding(extent, roi), _padded_size(extent, roi)
     groups = _window_groups(graph, image, roi, overlap,
                             budget - PROCESS_BYTES - plan.peak_bytes)
     compiled = CompiledGraph(graph, roi, threads, dict(plan.primitives))
@@ -273,20 +275,38 @@ def _window_groups(graph: Graph, image: Vec3, roi: Vec3, overlap: float,
     counts = [len(window_starts(image[a], roi[a], overlap)) for a in range(3)]
     stride = [max(1, int(roi[a] * (1 - overlap))) for a in range(3)]
 
-    def size(groups: list[int]) -> int:  # the largest block's (the last is the longest)
-        own = [min(image[a], (groups[a] - 1) * stride[a] + roi[a]) for a in range(3)]
-        span = [min(image[a], own[a] + roi[a]) for a in range(3)]
-        return FLOAT_BYTES * (graph.input_channels * math.prod(span)
-                              + (graph.output_channels + 1) * (math.prod(own) + math.prod(roi)))
+    def size(groups: list[int]) -> int:
+        return _block_bytes(graph, image, roi, overlap, groups)
 
     if size(counts) <= room:
         return counts[0], counts[1], counts[2]
     if size([1, 1, 1]) > room:
-        raise PlanError(f"one block of {list(roi)}-voxel windows needs "
-                        f"{size([1, 1, 1]) / 2**30:.2f} GiB besides the network, more than "
-                        "the budget leaves", "raise --memory, or give a smaller --patch")
+        raise _no_room(roi, size([1, 1, 1]))
     return grow_evenly((counts[0], counts[1], counts[2]), (stride[0], stride[1], stride[2]),
                        lambda groups: size(groups) <= room)
+
+
+def _no_room(roi: Vec3, needed: int) -> PlanError:
+    return PlanError(f"one block of {list(roi)}-voxel windows needs {needed / 2**30:.2f} GiB "
+                     "besides the network, more than the budget leaves",
+                     "raise --memory, or give a smaller --patch")
+
+
+def _block_bytes(graph: Graph, image: Vec3, roi: Vec3, overlap: float,
+                 groups: list[int]) -> int:
+    """The buffers of the largest block of ``groups`` windows per axis (the last block is the
+    longest): its input span, its weighted sums and weights, a window's weighted output."""
+    stride = [max(1, int(roi[a] * (1 - overlap))) for a in range(3)]
+    own = [min(image[a], (groups[a] - 1) * stride[a] + roi[a]) for a in range(3)]
+    span = [min(image[a], own[a] + roi[a]) for a in range(3)]
+    return FLOAT_BYTES * (graph.input_channels * math.prod(span)
+                          + (graph.output_channels + 1) * (math.prod(own) + math.prod(roi)))
+
+
+def _padded_size(extent: Vec3, roi: Vec3) -> Vec3:
+    """The image the windows cover: the volume, zero-padded where it is smaller than one."""
+    pad = image_padding(extent, roi)
+    return (extent[0] + sum(pad[0]), extent[1] + sum(pad[1]), extent[2] + sum(pad[2]))
 
 
 def _group_bounds(image: int, roi: int, overlap: float, group: int) -> list[tuple[int, int]]:
