@@ -26,7 +26,6 @@ import hashlib
 import importlib
 import json
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,9 +166,7 @@ def create_precomputed(spec: str, shape: tuple[int, int, int, int], dtype: str,
                        chunks: tuple[int, int, int, int], grid: Grid) -> _Reversed:
     """A new layer of one scale (raw encoding), chunked like the job's blocks."""
     cloudvolume = _require("cloudvolume", "layers")
-    base, mip = split_mip(spec)
-    if mip:
-        raise ZnniError(f"{spec!r}: outputs are written at one scale", "drop the #mip suffix")
+    base = _one_scale(spec)
     c, z, y, x = shape
     info = cloudvolume.CloudVolume.create_new_info(
         num_channels=c, layer_type="image", data_type=dtype, encoding="raw",
@@ -206,12 +203,8 @@ def _n5_adapter(store: Any, path: Path) -> _Reversed:
     funlib/daisy write them."""
     attrs = json.loads((path / "attributes.json").read_text())
     rx, ry, rz = (float(r) for r in attrs.get("resolution", (1, 1, 1))[:3])
-    world = [float(o) for o in attrs.get("offset", (0, 0, 0))]
-    voxels = [world[0] / rx, world[1] / ry, world[2] / rz]
-    if any(abs(v - round(v)) > 1e-6 for v in voxels):
-        raise ShapeError(f"N5 dataset {str(path)!r} has offset {world}, not whole voxels of "
-                         f"{[rx, ry, rz]}", "znni keeps outputs on the input's voxel grid")
-    grid = Grid((rz, ry, rx), (round(voxels[2]), round(voxels[1]), round(voxels[0])))
+    ox, oy, oz = (float(o) for o in attrs.get("offset", (0, 0, 0)))
+    grid = _world_grid(f"N5 dataset {str(path)!r}", (rz, ry, rx), [oz, oy, ox])
     channels = len(store.shape) == 4
     if len(store.shape) not in (3, 4):
         raise ShapeError(f"N5 dataset {str(path)!r} has {len(store.shape)} dimensions",
@@ -292,21 +285,14 @@ def open_ome(spec: str, writable: bool = False) -> tuple[Any, Grid]:
             translation = [a + b for a, b in zip(translation, transform["translation"],
                                                   strict=True)]
     resolution = (float(scale[-3]), float(scale[-2]), float(scale[-1]))
-    voxels = [translation[-3 + a] / resolution[a] for a in range(3)]
-    if any(abs(v - round(v)) > 1e-6 for v in voxels):
-        raise ShapeError(f"OME-Zarr image {spec!r} is translated by {translation[-3:]}, not "
-                         f"whole voxels of {list(resolution)}",
-                         "znni keeps outputs on the input's voxel grid")
-    return array, Grid(resolution, (round(voxels[0]), round(voxels[1]), round(voxels[2])))
+    return array, _world_grid(f"OME-Zarr image {spec!r}", resolution, translation[-3:])
 
 
 def create_ome(spec: str, shape: tuple[int, int, int, int], dtype: str,
                chunks: tuple[int, int, int, int], grid: Grid) -> Any:
     """A new OME-Zarr 0.5 image of one level (``0``), axes c, z, y, x in nanometres."""
     zarr = _require("zarr", "io")
-    base, level = split_mip(spec)
-    if level:
-        raise ZnniError(f"{spec!r}: outputs are written at one level", "drop the #mip suffix")
+    base = _one_scale(spec)
     group = zarr.open_group(base, mode="w-", zarr_format=3)
     array = group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
     space = [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"]
@@ -319,10 +305,23 @@ def create_ome(spec: str, shape: tuple[int, int, int, int], dtype: str,
     return array
 
 
-def remove_tree(spec: str) -> None:
-    path = local_path(spec)
-    if path.is_dir():
-        shutil.rmtree(path)
+def _world_grid(what: str, resolution: tuple[float, float, float],
+                origin: list[float]) -> Grid:
+    """The grid of voxels of ``resolution`` whose voxel 0 lies at world ``origin`` (both
+    z, y, x); a ShapeError if the origin is not on whole voxels."""
+    voxels = [origin[a] / resolution[a] for a in range(3)]
+    if any(abs(v - round(v)) > 1e-6 for v in voxels):
+        raise ShapeError(f"{what} starts at {origin} nm, not on whole voxels of "
+                         f"{list(resolution)} nm", "znni keeps outputs on the input's voxel grid")
+    return Grid(resolution, (round(voxels[0]), round(voxels[1]), round(voxels[2])))
+
+
+def _one_scale(spec: str) -> str:
+    """``spec`` of a new output, which has one scale: a ``#mip`` suffix is refused."""
+    base, mip = split_mip(spec)
+    if mip:
+        raise ZnniError(f"{spec!r}: outputs are written at one scale", "drop the #mip suffix")
+    return base
 
 
 def _first_line(exc: Exception) -> str:
